@@ -1,0 +1,174 @@
+"""The benchmark request: INC's "Execute benchmark" body, accepted as it is.
+
+>>> from contracts import BenchmarkRequest
+>>> req = BenchmarkRequest.model_validate({
+...     "id": "configuration_id",
+...     "workspace_path": "/path/to/workspace",
+...     "input_model": {"precision": "fp32", "path": "/models/fp32.pb",
+...                     "mods": ["benchmark", "accuracy"]},
+...     "optimized_model": {"precision": "int8", "path": "/models/int8.pb"},
+...     "benchmark": {"dataset": "/data/eval.npz"},
+... })
+>>> req.input_model.modes
+('performance', 'accuracy')
+>>> [(m, mode) for m, _, mode in req.steps()]
+[('input_model', 'performance'), ('input_model', 'accuracy'), ('optimized_model', 'performance')]
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from ._base import Contract
+from .routing import WORKLOAD_ID_PATTERN
+
+Mode = Literal["performance", "accuracy"]
+ModelRole = Literal["input_model", "optimized_model"]
+MODE_ORDER: tuple[Mode, ...] = ("performance", "accuracy")
+MODE_ALIASES = {"benchmark": "performance", "performance": "performance", "accuracy": "accuracy"}
+
+SCHEMA_VERSION = 1
+
+
+class ModelSpec(Contract):
+    """One model to benchmark.
+
+    ``mode`` (INC's code) and ``mods`` (INC's page) are both accepted; ``benchmark`` is an alias
+    of ``performance``. Default: ``["performance"]``. Steps always run performance first.
+    """
+
+    precision: str = Field(
+        pattern=r"^[A-Za-z0-9_]{1,16}$",
+        description="Datatype label of the model, e.g. fp32, bf16, int8. Reported as given.",
+    )
+    path: str = Field(
+        min_length=1,
+        max_length=4096,
+        description="Frozen graph .pb, SavedModel directory, or Keras .keras/.h5 file.",
+    )
+    modes: tuple[Mode, ...] = Field(
+        default=("performance",),
+        description="What to measure: performance (alias benchmark) and/or accuracy.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _accept_mode_and_mods(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        given = [key for key in ("mode", "mods", "modes") if key in data]
+        if len(given) > 1:
+            raise ValueError(f"give the modes once, under 'mode' or 'mods', not {given}")
+        if not given:
+            return data
+        raw = data.pop(given[0])
+        if isinstance(raw, str):
+            raw = [raw]
+        if not isinstance(raw, list | tuple) or not raw:
+            raise ValueError(f"'{given[0]}' must be a non-empty list of modes")
+        modes: set[str] = set()
+        for value in raw:
+            if value not in MODE_ALIASES:
+                raise ValueError(
+                    f"'{given[0]}' has unknown mode {value!r}; "
+                    "use 'performance' (alias 'benchmark') or 'accuracy'"
+                )
+            modes.add(MODE_ALIASES[value])
+        data["modes"] = tuple(mode for mode in MODE_ORDER if mode in modes)
+        return data
+
+
+class TopKMetric(Contract):
+    """Top-k accuracy over integer labels (INC's default ``topk: 1``)."""
+
+    topk: int = Field(default=1, ge=1, le=1000)
+
+
+class BenchmarkSettings(Contract):
+    """Run settings; every field has a default, so the whole object may be left out."""
+
+    batch_size: int = Field(default=1, ge=1, le=65536, description="Samples per inference call.")
+    instances: int | None = Field(
+        default=None,
+        ge=1,
+        le=4096,
+        description="Performance instances run side by side. Default: as many as fit.",
+    )
+    cores_per_instance: int | None = Field(
+        default=None,
+        ge=1,
+        le=4096,
+        description="Physical cores per instance. Default: see the README's sizing section.",
+    )
+    warmup: int = Field(
+        default=10, ge=0, le=1_000_000, description="Untimed inference calls before measuring."
+    )
+    iterations: int | None = Field(
+        default=None,
+        ge=1,
+        le=100_000_000,
+        description="Timed inference calls per instance. When set, duration_s is not used.",
+    )
+    duration_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=86_400,
+        description="Length of the timed window when iterations is not set.",
+    )
+    dataset: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=4096,
+        description="Accuracy data: an .npz file with arrays x (inputs) and y (integer labels).",
+    )
+    metric: TopKMetric = Field(default_factory=TopKMetric)
+    inputs: tuple[str, ...] | None = Field(
+        default=None, description="Frozen graph input tensor names, when inference guesses wrong."
+    )
+    outputs: tuple[str, ...] | None = Field(
+        default=None, description="Frozen graph output tensor names, when inference guesses wrong."
+    )
+    timeout_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="Time limit for the whole request. Default and maximum: the worker's config.",
+    )
+
+
+class BenchmarkRequest(Contract):
+    """A request on ``benchmark.requests``."""
+
+    id: str = Field(pattern=WORKLOAD_ID_PATTERN, description="Workload id; used in routing keys.")
+    workspace_path: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=4096,
+        description="Where the workload directory goes. Default: the worker's workspace.",
+    )
+    input_model: ModelSpec
+    optimized_model: ModelSpec | None = None
+    benchmark: BenchmarkSettings = Field(default_factory=BenchmarkSettings)
+
+    @model_validator(mode="after")
+    def _accuracy_needs_a_dataset(self) -> BenchmarkRequest:
+        if self.benchmark.dataset is None:
+            for role, _model, mode in self.steps():
+                if mode == "accuracy":
+                    raise ValueError(
+                        f"{role} asks for accuracy, so benchmark.dataset must name an .npz file"
+                    )
+        return self
+
+    def models(self) -> list[tuple[ModelRole, ModelSpec]]:
+        """The models in benchmark order: input first."""
+        pairs: list[tuple[ModelRole, ModelSpec]] = [("input_model", self.input_model)]
+        if self.optimized_model is not None:
+            pairs.append(("optimized_model", self.optimized_model))
+        return pairs
+
+    def steps(self) -> list[tuple[ModelRole, ModelSpec, Mode]]:
+        """(model role, model, mode) in the order they run."""
+        return [(role, model, mode) for role, model in self.models() for mode in model.modes]

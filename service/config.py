@@ -1,0 +1,134 @@
+"""Worker configuration: one validated YAML file, then environment overrides, then CLI flags.
+
+Environment overrides use ``BENCHMARK_WORKER_<SECTION>__<KEY>`` (e.g.
+``BENCHMARK_WORKER_WORKER__TIMEOUT_S=600``); the broker URL also comes from ``AMQP_URL``.
+Unknown keys, in the file or in the environment, fail at start with a message naming them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+from contracts import routing
+
+from .errors import ConfigError
+
+ENV_PREFIX = "BENCHMARK_WORKER_"
+DEFAULT_AMQP_URL = "amqp://guest:guest@localhost:5672/"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BrokerSettings(_Section):
+    url: SecretStr = Field(default=SecretStr(DEFAULT_AMQP_URL), description="AMQP URL; secret.")
+    requests_queue: str = routing.REQUESTS_QUEUE
+    dead_letter_exchange: str = routing.DEAD_LETTER_EXCHANGE
+    dead_letter_queue: str = routing.DEAD_LETTER_QUEUE
+    events_exchange: str = routing.EVENTS_EXCHANGE
+    delivery_limit: int = Field(default=3, ge=1, description="x-delivery-limit of the queue.")
+    publish_timeout_s: float = Field(default=30.0, gt=0)
+    reconnect_interval_s: float = Field(default=5.0, gt=0)
+    heartbeat_s: int = Field(default=30, ge=0)
+
+
+class WorkerSettings(_Section):
+    workspace: Path = Field(
+        default=Path("~/benchmark-workspace"), description="Default workspace for workloads."
+    )
+    allowed_roots: tuple[Path, ...] = Field(
+        default=(),
+        description="Model, dataset and workspace paths must resolve inside one of these. "
+        "Empty: the workspace only.",
+    )
+    cpus: str | None = Field(default=None, description="CPUs this worker may use, e.g. '0-3,8'.")
+    max_body_bytes: int = Field(default=1024 * 1024, ge=256)
+    timeout_s: float = Field(
+        default=1200.0,
+        gt=0,
+        description="Time limit of one request; keep it below the broker's consumer_timeout.",
+    )
+    shutdown_grace_s: float = Field(default=30.0, ge=0)
+
+    @model_validator(mode="after")
+    def _expand_paths(self) -> WorkerSettings:
+        object.__setattr__(self, "workspace", self.workspace.expanduser())
+        roots = tuple(root.expanduser() for root in self.allowed_roots)
+        object.__setattr__(self, "allowed_roots", roots)
+        return self
+
+    def effective_roots(self) -> tuple[Path, ...]:
+        """The allowed roots, resolved; the workspace alone when none is configured."""
+        roots = self.allowed_roots or (self.workspace,)
+        return tuple(root.resolve() for root in roots)
+
+
+class LoggingSettings(_Section):
+    level: str = Field(default="info", pattern=r"^(debug|info|warning|error)$")
+    json_output: bool | None = Field(default=None, description="None: JSON unless on a terminal.")
+
+
+class Settings(_Section):
+    broker: BrokerSettings = Field(default_factory=BrokerSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+
+    def with_overrides(self, **sections: Mapping[str, Any]) -> Settings:
+        """A copy with some keys replaced (used for CLI flags), validated again."""
+        data = self.model_dump(mode="python")
+        data["broker"]["url"] = self.broker.url.get_secret_value()
+        for section, values in sections.items():
+            data[section].update({k: v for k, v in values.items() if v is not None})
+        return _validate(data, "command line")
+
+
+def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read the YAML file (if any), apply the environment, validate everything."""
+    environ = os.environ if environ is None else environ
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of sections")
+        data = loaded or {}
+    _apply_environment(data, environ)
+    return _validate(data, str(path) if path else "defaults")
+
+
+def _apply_environment(data: dict[str, Any], environ: Mapping[str, str]) -> None:
+    if "AMQP_URL" in environ:
+        data.setdefault("broker", {})["url"] = environ["AMQP_URL"]
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        section, sep, key = name[len(ENV_PREFIX) :].lower().partition("__")
+        if not sep or not key:
+            raise ConfigError(
+                f"environment variable {name} must look like {ENV_PREFIX}SECTION__KEY"
+            )
+        section_data = data.setdefault(section, {})
+        if not isinstance(section_data, dict):
+            raise ConfigError(f"environment variable {name}: section {section!r} is not a mapping")
+        section_data[key] = yaml.safe_load(value) if value else value
+
+
+def _validate(data: dict[str, Any], source: str) -> Settings:
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid configuration ({source}): {problems}") from None

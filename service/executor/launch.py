@@ -1,0 +1,231 @@
+"""Starting runner child processes for one step, synchronising them, and ending them all.
+
+Every process of a step lives in one process group: a failure of any instance, the time limit
+or a shutdown (task cancellation) kills the whole group, so nothing is left running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shlex
+import signal
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from service.cpulist import format_cpu_list
+from service.runner import protocol
+
+log = structlog.get_logger()
+
+RUNNER_MODULE = "service.runner"
+BENCHMARK_SCRIPT = str(Path(protocol.__file__).with_name("__main__.py"))
+# Variables a runner must not see: models are programs (TensorFlow's SECURITY.md).
+_SECRET_MARKERS = ("AMQP", "PASSWORD", "SECRET", "TOKEN", "CREDENTIAL", "BENCHMARK_WORKER_")
+_LOG_TAIL_LINES = 15
+_BARRIER_POLL_S = 0.005
+_START_DELAY_S = 0.05
+
+
+@dataclass(frozen=True)
+class InstanceLaunch:
+    """One runner process: its CPUs, exact argv, log file and result file."""
+
+    index: int
+    cpus: tuple[int, ...]
+    argv: tuple[str, ...]
+    log_path: Path
+    result_path: Path
+
+    @property
+    def command(self) -> str:
+        return shlex.join(self.argv)
+
+
+def runner_argv(
+    config_path: Path,
+    role: str,
+    mode: str,
+    index: int,
+    cpus: Sequence[int],
+    result_path: Path,
+    sync_dir: Path | None,
+) -> tuple[str, ...]:
+    """The command line of one runner, runnable by hand as it is."""
+    argv = [
+        sys.executable, "-m", RUNNER_MODULE,
+        "--config", str(config_path),
+        "--model", role,
+        "--mode", mode,
+        "--instance", str(index),
+        "--cpus", format_cpu_list(cpus),
+        "--output", str(result_path),
+    ]  # fmt: skip
+    if sync_dir is not None:
+        argv += ["--sync-dir", str(sync_dir)]
+    return tuple(argv)
+
+
+def runner_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The worker's environment without the broker URL or anything that looks like a secret."""
+    environ = os.environ if environ is None else environ
+    env = {
+        name: value
+        for name, value in environ.items()
+        if not any(marker in name.upper() for marker in _SECRET_MARKERS)
+    }
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+@dataclass(frozen=True)
+class InstanceFailure:
+    index: int
+    message: str
+
+
+class StepProcessesFailed(Exception):
+    """At least one instance failed; carries a message a user can act on."""
+
+    def __init__(self, failures: list[InstanceFailure]) -> None:
+        self.failures = failures
+        super().__init__("; ".join(f"instance {f.index}: {f.message}" for f in failures))
+
+
+async def run_instances(
+    launches: Sequence[InstanceLaunch], sync_dir: Path | None
+) -> list[protocol.RunnerResult]:
+    """Run every instance to the end; return their results in instance order.
+
+    With ``sync_dir``, all instances warm up, then start measuring at one common instant.
+    Cancelling the calling task (time limit, shutdown) kills the whole process group.
+    """
+    processes: list[asyncio.subprocess.Process] = []
+    try:
+        for launch in launches:
+            processes.append(await _start(launch, processes[0].pid if processes else 0))
+        if sync_dir is not None:
+            await _release_barrier(processes, launches, sync_dir)
+        await _wait_all_or_first_failure(processes)
+    finally:
+        _kill_group(processes)
+        await asyncio.shield(_reap(processes))
+    return _collect(launches, processes)
+
+
+async def _start(launch: InstanceLaunch, process_group: int) -> asyncio.subprocess.Process:
+    launch.result_path.unlink(missing_ok=True)
+    with launch.log_path.open("wb") as log_file:  # truncated: fresh every run
+        process = await asyncio.create_subprocess_exec(
+            *launch.argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=asyncio.subprocess.STDOUT,
+            env=runner_environment(),
+            close_fds=True,
+            process_group=process_group,
+        )
+    log.debug("runner_started", pid=process.pid, instance=launch.index, command=launch.command)
+    return process
+
+
+async def _release_barrier(
+    processes: list[asyncio.subprocess.Process],
+    launches: Sequence[InstanceLaunch],
+    sync_dir: Path,
+) -> None:
+    ready = {
+        launch.index: sync_dir / f"{protocol.READY_FILE_PREFIX}{launch.index}"
+        for launch in launches
+    }
+    while not all(path.exists() for path in ready.values()):
+        if any(p.returncode is not None for p in processes):
+            return  # an instance ended before its warmup finished: _collect reports it
+        await asyncio.sleep(_BARRIER_POLL_S)
+    go = sync_dir / protocol.GO_FILE
+    tmp = go.with_name(go.name + ".tmp")
+    tmp.write_text(json.dumps({"start_at_s": time.monotonic() + _START_DELAY_S}))
+    tmp.replace(go)
+
+
+async def _wait_all_or_first_failure(processes: list[asyncio.subprocess.Process]) -> None:
+    """Wait for every process; stop waiting as soon as one fails (the rest are then killed)."""
+    waits = {asyncio.ensure_future(p.wait()) for p in processes}
+    try:
+        while waits:
+            done, waits = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            if any(task.result() != 0 for task in done):
+                return
+    finally:
+        for task in waits:
+            task.cancel()
+
+
+def _kill_group(processes: list[asyncio.subprocess.Process]) -> None:
+    if not processes or all(p.returncode is not None for p in processes):
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(processes[0].pid, signal.SIGKILL)
+    for process in processes:  # in case one left the group
+        with contextlib.suppress(ProcessLookupError):
+            if process.returncode is None:
+                process.kill()
+
+
+async def _reap(processes: list[asyncio.subprocess.Process]) -> None:
+    await asyncio.gather(*(p.wait() for p in processes), return_exceptions=True)
+
+
+def _collect(
+    launches: Sequence[InstanceLaunch], processes: list[asyncio.subprocess.Process]
+) -> list[protocol.RunnerResult]:
+    results: list[protocol.RunnerResult] = []
+    failures: list[InstanceFailure] = []
+    for launch, process in zip(launches, processes, strict=True):
+        result = _read_result(launch.result_path)
+        if process.returncode == 0 and result is not None and result.error is None:
+            results.append(result)
+            continue
+        failures.append(InstanceFailure(launch.index, _describe_failure(launch, process, result)))
+    if failures:
+        raise StepProcessesFailed(failures)
+    return results
+
+
+def _read_result(path: Path) -> protocol.RunnerResult | None:
+    try:
+        return protocol.RunnerResult.read(path)
+    except (OSError, ValueError):
+        return None
+
+
+def _describe_failure(
+    launch: InstanceLaunch,
+    process: asyncio.subprocess.Process,
+    result: protocol.RunnerResult | None,
+) -> str:
+    if result is not None and result.error is not None:
+        return f"{result.error.step} failed: {result.error.message}"
+    code = process.returncode
+    if code is not None and code < 0:
+        how = f"was killed by signal {signal.Signals(-code).name}"
+    else:
+        how = f"exited with status {code}"
+    tail = log_tail(launch.log_path)
+    return f"runner {how} without a result (log {launch.log_path}){': ' + tail if tail else ''}"
+
+
+def log_tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
+    """The last lines of a runner log, for an error message."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return " | ".join(line.strip() for line in text.splitlines()[-lines:] if line.strip())

@@ -1,0 +1,65 @@
+"""Publishing events with publisher confirms and a timeout on every publish."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import aio_pika
+import aiormq
+import structlog
+from aio_pika.abc import AbstractExchange
+
+from contracts import FinishEvent, ProgressEvent, StartEvent
+from service.errors import PublishFailed
+
+log = structlog.get_logger()
+
+AnyEvent = StartEvent | ProgressEvent | FinishEvent
+
+
+def event_message(event: AnyEvent) -> aio_pika.Message:
+    """The AMQP message of an event, with the spec's properties."""
+    return aio_pika.Message(
+        body=event.to_body(),
+        content_type="application/json",
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        type=event.subject,
+        correlation_id=event.workload_id,
+        message_id=uuid.uuid4().hex,
+        timestamp=time.time(),
+    )
+
+
+class EventPublisher:
+    """Publishes to the events exchange; each publish is confirmed by the broker or fails."""
+
+    def __init__(self, exchange: AbstractExchange, timeout_s: float) -> None:
+        self._exchange = exchange
+        self._timeout_s = timeout_s
+
+    async def publish(self, event: AnyEvent) -> None:
+        """Publish and wait for the broker's confirm; raise :class:`PublishFailed` otherwise.
+
+        Events are published without ``mandatory``: an event nobody subscribes to is normal.
+        """
+        try:
+            await self._exchange.publish(
+                event_message(event),
+                routing_key=event.routing_key,
+                mandatory=False,
+                timeout=self._timeout_s,
+            )
+        except TimeoutError as exc:
+            raise PublishFailed(
+                f"{event.subject} not confirmed within {self._timeout_s:g} s"
+            ) from exc
+        except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
+            raise PublishFailed(f"{event.subject} could not be published: {exc!r}") from exc
+
+    async def publish_best_effort(self, event: AnyEvent) -> None:
+        """For progress: a lost progress event must never stop the benchmark."""
+        try:
+            await self.publish(event)
+        except PublishFailed as exc:
+            log.warning("progress_not_published", error=str(exc))

@@ -1,0 +1,117 @@
+"""What the worker and a runner child process exchange, with no TensorFlow import.
+
+The worker writes one ``config.yaml`` per workload (:class:`RunnerConfig`); each runner child
+reads it, benchmarks one (model, mode, instance) and writes a JSON :class:`RunnerResult`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+ModelFormat = Literal["frozen_pb", "saved_model", "keras"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RunnerModel(_Strict):
+    path: str
+    precision: str
+    format: ModelFormat
+
+
+class RunnerConfig(_Strict):
+    """The workload's ``config.yaml``."""
+
+    id: str
+    framework: Literal["tensorflow"] = "tensorflow"
+    models: dict[Literal["input_model", "optimized_model"], RunnerModel]
+    batch_size: int = Field(ge=1)
+    warmup: int = Field(ge=0)
+    iterations: int | None = Field(default=None, ge=1)
+    duration_s: float = Field(gt=0)
+    dataset: str | None = None
+    topk: int = Field(default=1, ge=1)
+    inputs: list[str] | None = None
+    outputs: list[str] | None = None
+    barrier_timeout_s: float = Field(default=120.0, gt=0)
+
+    def write(self, path: Path) -> None:
+        path.write_text(yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))
+
+    @classmethod
+    def read(cls, path: Path) -> RunnerConfig:
+        return cls.model_validate(yaml.safe_load(path.read_text()))
+
+
+class TensorInfo(_Strict):
+    name: str
+    shape: list[int | None]
+    dtype: str
+
+
+class PerformanceResult(_Strict):
+    """Raw timings of one instance. Times are ``time.monotonic()`` seconds (shared clock)."""
+
+    window_start_s: float
+    batch_end_times_s: list[float]
+    batch_latencies_ms: list[float]
+    stop_reason: str
+
+
+class AccuracyResult(_Strict):
+    accuracy: float = Field(ge=0, le=1)
+    correct: int
+    samples: int
+    topk: int
+
+
+class RunnerError(_Strict):
+    step: str = Field(description="load_config, load_model, load_dataset, warmup, measure, ...")
+    message: str
+
+
+class RunnerResult(_Strict):
+    model: Literal["input_model", "optimized_model"]
+    mode: Literal["performance", "accuracy"]
+    instance: int
+    pid: int
+    cpus_planned: list[int]
+    cpus_observed: list[int] = Field(
+        default_factory=list, description="Union of every thread's Cpus_allowed_list at the end."
+    )
+    intra_op_threads: int = 0
+    inter_op_threads: int = 0
+    batch_size: int = 0
+    inputs: list[TensorInfo] = Field(default_factory=list)
+    outputs: list[str] = Field(default_factory=list)
+    load_time_s: float | None = None
+    first_inference_s: float | None = None
+    warmup_iterations: int = 0
+    peak_rss_bytes: int | None = None
+    tensorflow_version: str | None = None
+    performance: PerformanceResult | None = None
+    accuracy: AccuracyResult | None = None
+    error: RunnerError | None = None
+
+    def write(self, path: Path) -> None:
+        """Write atomically: a reader never sees half a file."""
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(self.model_dump_json())
+        tmp.replace(path)
+
+    @classmethod
+    def read(cls, path: Path) -> RunnerResult:
+        return cls.model_validate_json(path.read_bytes())
+
+
+# The synchronised start: after warmup each instance creates ``<sync_dir>/ready.<i>``; the
+# worker, once all are ready, writes ``<sync_dir>/go`` holding the monotonic start time
+# (``{"start_at_s": t}``). Every instance sleeps until t, then measures.
+READY_FILE_PREFIX = "ready."
+GO_FILE = "go"

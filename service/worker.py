@@ -1,0 +1,217 @@
+"""The worker: consume requests one at a time, benchmark them, publish events, then ack.
+
+Outcomes (one place for the whole table):
+
+==========================  =======================  ==================================
+outcome                     broker action            event
+==========================  =======================  ==================================
+success                     ack after finish confirm benchmark_finish success
+benchmark failed            ack after finish confirm benchmark_finish error (names step)
+undecodable / invalid body  reject → dead letters    benchmark_finish error if id readable
+event not confirmed         nack, requeue            (retried; delivery limit applies)
+shutdown past grace period  nack, requeue            none (runners killed)
+unexpected error            requeue once, then DLQ   error finish on the last attempt
+==========================  =======================  ==================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import time
+import uuid
+from typing import Any
+
+import aio_pika
+import structlog
+from aio_pika.abc import AbstractIncomingMessage
+
+from contracts import BenchmarkRequest, FinishEvent, ProgressEvent, StartEvent, error_finish
+from service import __version__
+from service.broker import Topology, connect, declare_topology
+from service.config import Settings
+from service.cpulist import format_cpu_list
+from service.errors import PublishFailed, RejectRequest
+from service.executor.topology import CpuTopology
+from service.intake import decode_request
+from service.publisher import EventPublisher
+from service.workload import run_workload
+
+log = structlog.get_logger()
+
+
+def node_identity(topology: CpuTopology, worker_id: str) -> dict[str, Any]:
+    return {
+        "hostname": socket.gethostname(),
+        "worker_id": worker_id,
+        "pid": os.getpid(),
+        "cpus": format_cpu_list(topology.cpu_ids),
+        "version": __version__,
+    }
+
+
+def finish_log_fields(finish: FinishEvent) -> dict[str, Any]:
+    """The figures of a finish event worth one canonical log line."""
+    data = finish.data.model_dump(exclude={"execution_details", "node"}, exclude_none=True)
+    return {"status": finish.status, **data}
+
+
+class Worker:
+    """Consumes ``benchmark.requests`` with prefetch 1 until :meth:`stop` is called."""
+
+    def __init__(self, settings: Settings, topology: CpuTopology) -> None:
+        self._settings = settings
+        self._topology = topology
+        self._worker_id = uuid.uuid4().hex[:8]
+        self._node = node_identity(topology, self._worker_id)
+        self._stop = asyncio.Event()
+        self._current: asyncio.Task[Any] | None = None
+        self._publisher: EventPublisher | None = None
+        self.ready = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        broker = self._settings.broker
+        consume_connection = await connect(broker, "consume")
+        publish_connection = await connect(broker, "publish")
+        try:
+            consume_channel = await consume_connection.channel()
+            await consume_channel.set_qos(prefetch_count=1)
+            topology: Topology = await declare_topology(consume_channel, broker)
+            publish_channel = await publish_connection.channel(publisher_confirms=True)
+            events = await publish_channel.declare_exchange(
+                broker.events_exchange, aio_pika.ExchangeType.TOPIC, durable=True
+            )
+            self._publisher = EventPublisher(events, broker.publish_timeout_s)
+            tag = await topology.requests.consume(self._on_message)
+            log.info("worker_started", queue=broker.requests_queue, **self._node)
+            self.ready.set()
+            await self._stop.wait()
+            log.info("worker_stopping", busy=self._current is not None)
+            await topology.requests.cancel(tag)
+            await self._drain()
+        finally:
+            await consume_connection.close()
+            await publish_connection.close()
+            log.info("worker_stopped")
+
+    async def _drain(self) -> None:
+        """Let the current request finish within the grace period, else hand it back."""
+        task = self._current
+        if task is None:
+            return
+        grace_s = self._settings.worker.shutdown_grace_s
+        done, _ = await asyncio.wait({task}, timeout=grace_s)
+        if not done:
+            log.warning("shutdown_grace_expired", grace_s=grace_s)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        self._current = asyncio.current_task()
+        started = time.monotonic()
+        try:
+            with structlog.contextvars.bound_contextvars(
+                delivery_tag=message.delivery_tag,
+                redelivered=message.redelivered,
+                body_bytes=len(message.body),
+            ):
+                await self._handle(message, started)
+        except asyncio.CancelledError:
+            await asyncio.shield(_settle(message, "nack", requeue=True))
+            log.info("request_returned_to_queue", reason="shutdown")
+            raise
+        finally:
+            self._current = None
+
+    async def _handle(self, message: AbstractIncomingMessage, started: float) -> None:
+        try:
+            request = decode_request(
+                message.body,
+                content_type=message.content_type,
+                content_encoding=message.content_encoding,
+                max_body_bytes=self._settings.worker.max_body_bytes,
+            )
+        except RejectRequest as exc:
+            await self._reject(message, exc)
+            return
+        run_id = uuid.uuid4().hex[:12]
+        with structlog.contextvars.bound_contextvars(workload_id=request.id, run_id=run_id):
+            try:
+                finish = await self._benchmark(request, run_id)
+                await self._publisher_or_fail().publish(finish)
+            except PublishFailed as exc:
+                log.error("request_requeued", reason="publish_failed", error=str(exc))
+                await _settle(message, "nack", requeue=True)
+                return
+            except Exception:
+                log.exception("request_crashed")
+                await self._give_up_or_retry(message, request.id, run_id)
+                return
+            await _settle(message, "ack")
+            log.info(
+                "request_completed",
+                duration_s=round(time.monotonic() - started, 3),
+                **finish_log_fields(finish),
+            )
+
+    async def _benchmark(self, request: BenchmarkRequest, run_id: str) -> FinishEvent:
+        return await run_workload(
+            request, self._settings, self._topology, self._emit, run_id, self._node
+        )
+
+    async def _emit(self, event: StartEvent | ProgressEvent) -> None:
+        publisher = self._publisher_or_fail()
+        if isinstance(event, ProgressEvent):
+            await publisher.publish_best_effort(event)
+        else:
+            await publisher.publish(event)
+
+    async def _reject(self, message: AbstractIncomingMessage, exc: RejectRequest) -> None:
+        log.warning(
+            "request_rejected", reason=exc.reason, error=str(exc), workload_id=exc.workload_id
+        )
+        if exc.workload_id is not None:
+            finish = error_finish(exc.workload_id, str(exc), "validate", reason=exc.reason)
+            try:
+                await self._publisher_or_fail().publish(finish)
+            except PublishFailed as publish_error:
+                log.warning("rejection_not_published", error=str(publish_error))
+        await _settle(message, "reject", requeue=False)
+
+    async def _give_up_or_retry(
+        self, message: AbstractIncomingMessage, workload_id: str, run_id: str
+    ) -> None:
+        """An unexpected error: requeue the first delivery, dead-letter a redelivered one."""
+        if not message.redelivered:
+            await _settle(message, "nack", requeue=True)
+            return
+        finish = error_finish(
+            workload_id, "internal error in the worker; see its log", "worker", run_id=run_id
+        )
+        with contextlib.suppress(PublishFailed):
+            await self._publisher_or_fail().publish(finish)
+        await _settle(message, "reject", requeue=False)
+
+    def _publisher_or_fail(self) -> EventPublisher:
+        if self._publisher is None:
+            raise PublishFailed("the worker has no publishing channel yet")
+        return self._publisher
+
+
+async def _settle(message: AbstractIncomingMessage, verb: str, *, requeue: bool = False) -> None:
+    """Ack, nack or reject; a closed channel means the broker already requeued the delivery."""
+    try:
+        if verb == "ack":
+            await message.ack()
+        elif verb == "nack":
+            await message.nack(requeue=requeue)
+        else:
+            await message.reject(requeue=requeue)
+    except Exception as exc:  # channel gone: the broker requeues unacked deliveries itself
+        log.warning("settle_failed", verb=verb, error=repr(exc))

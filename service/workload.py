@@ -1,0 +1,297 @@
+"""One request from validation to its finish event: plan, prepare, run each step, aggregate.
+
+Used by the worker (events go to the broker) and by ``bench`` (events go to stdout) alike.
+Returns the finish event; never raises for a failure of the benchmark itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from contracts import (
+    BenchmarkRequest,
+    FinishEvent,
+    ModelRole,
+    ModelSpec,
+    ProgressEvent,
+    ResultData,
+    StartData,
+    StartEvent,
+    error_finish,
+    step_key,
+)
+from service import aggregate
+from service.config import Settings
+from service.errors import StepFailed
+from service.executor.launch import (
+    BENCHMARK_SCRIPT,
+    InstanceLaunch,
+    StepProcessesFailed,
+    run_instances,
+    runner_argv,
+)
+from service.executor.planner import InstancePlan, Plan, PlanError, accuracy_plan, plan_instances
+from service.executor.topology import CpuTopology
+from service.paths import VALIDATE_STEP, model_format, require_existing, resolve_allowed
+from service.runner.protocol import RunnerConfig, RunnerModel
+
+log = structlog.get_logger()
+
+Emit = Callable[[StartEvent | ProgressEvent], Awaitable[None]]
+RESULT_FILE = "result.json"
+
+
+@dataclass
+class Workload:
+    """A validated request with everything resolved: paths, plan, workload directory."""
+
+    request: BenchmarkRequest
+    run_id: str
+    directory: Path
+    config_path: Path
+    plan: Plan
+    config: RunnerConfig
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def prepare(
+    request: BenchmarkRequest,
+    settings: Settings,
+    topology: CpuTopology,
+    run_id: str,
+) -> Workload:
+    """Check paths against the allowed roots, plan the CPUs, write a fresh ``config.yaml``."""
+    roots = settings.worker.effective_roots()
+    models: dict[ModelRole, RunnerModel] = {}
+    for role, spec in request.models():
+        path = require_existing(resolve_allowed(spec.path, roots, role), spec.path, f"{role}")
+        models[role] = RunnerModel(
+            path=str(path), precision=spec.precision, format=model_format(path, spec.path)
+        )
+    dataset = request.benchmark.dataset
+    if dataset is not None:
+        resolved = require_existing(resolve_allowed(dataset, roots, "dataset"), dataset, "dataset")
+        dataset = str(resolved)
+    workspace = resolve_allowed(
+        request.workspace_path or str(settings.worker.workspace), roots, "workspace"
+    )
+    try:
+        plan = plan_instances(
+            topology, request.benchmark.instances, request.benchmark.cores_per_instance
+        )
+    except PlanError as exc:
+        raise StepFailed("plan", str(exc)) from None
+    settings_ = request.benchmark
+    config = RunnerConfig(
+        id=request.id,
+        models=models,
+        batch_size=settings_.batch_size,
+        warmup=settings_.warmup,
+        iterations=settings_.iterations,
+        duration_s=settings_.duration_s,
+        dataset=dataset,
+        topk=settings_.metric.topk,
+        inputs=list(settings_.inputs) if settings_.inputs else None,
+        outputs=list(settings_.outputs) if settings_.outputs else None,
+    )
+    directory = workspace / "workloads" / f"{_model_name(request.input_model.path)}_{request.id}"
+    try:
+        if directory.exists():
+            shutil.rmtree(directory)  # fresh every run: INC appends and double-counts
+        directory.mkdir(parents=True)
+        config.write(directory / "config.yaml")
+    except OSError as exc:
+        raise StepFailed(
+            "prepare", f"cannot write the workload directory {directory}: {exc.strerror}"
+        ) from None
+    return Workload(request, run_id, directory, directory / "config.yaml", plan, config)
+
+
+def _model_name(raw_path: str) -> str:
+    stem = Path(raw_path.rstrip("/")).stem
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", stem)[:64] or "model"
+
+
+async def run_workload(
+    request: BenchmarkRequest,
+    settings: Settings,
+    topology: CpuTopology,
+    emit: Emit,
+    run_id: str,
+    node: dict[str, Any] | None = None,
+) -> FinishEvent:
+    """Run every step of ``request``; return the finish event (success or error)."""
+    timeout_s = min(
+        request.benchmark.timeout_s or settings.worker.timeout_s, settings.worker.timeout_s
+    )
+    tracker = _StepTracker()
+    extra = {"run_id": run_id, **({"node": node} if node else {})}
+    started = time.monotonic()
+    try:
+        async with asyncio.timeout(timeout_s):
+            workload = prepare(request, settings, topology, run_id)
+            await emit(StartEvent(data=StartData(id=request.id, message="started", **extra)))
+            finish = await _run_steps(workload, emit, tracker, extra)
+    except TimeoutError:
+        finish = error_finish(
+            request.id,
+            f"timed out after {timeout_s:g} s during {tracker.current}; its runners were killed",
+            tracker.current,
+            **extra,
+        )
+    except StepFailed as exc:
+        finish = error_finish(request.id, exc.message, exc.step, **extra)
+    log.info(
+        "workload_finished",
+        status=finish.status,
+        step=getattr(finish.data, "step", None),
+        duration_s=round(time.monotonic() - started, 3),
+    )
+    return finish
+
+
+class _StepTracker:
+    current: str = VALIDATE_STEP
+
+
+async def _run_steps(
+    workload: Workload, emit: Emit, tracker: _StepTracker, extra: dict[str, Any]
+) -> FinishEvent:
+    request = workload.request
+    steps = request.steps()
+    payload: dict[str, Any] = {"id": request.id, "execution_details": {}, **extra}
+    for number, (role, spec, mode) in enumerate(steps, start=1):
+        tracker.current = f"{role}/{mode}"
+        details, headline = await _run_step(workload, role, spec, mode)
+        payload["execution_details"].setdefault(step_key(role), {})[mode] = details
+        payload.update(headline)
+        payload.update(progress=f"{number}/{len(steps)}", current_step=number,
+                       number_of_steps=len(steps))  # fmt: skip
+        await emit(ProgressEvent(data=ResultData.model_validate(payload)))
+    payload.update(_comparison(payload))
+    finish = FinishEvent(status="success", data=ResultData.model_validate(payload))
+    _write_result(workload.directory, finish)
+    return finish
+
+
+async def _run_step(
+    workload: Workload, role: ModelRole, spec: ModelSpec, mode: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Run one (model, mode) step on its planned CPUs; return its details and headline figures."""
+    step = f"{role}/{mode}"
+    instances: tuple[InstancePlan, ...] = (
+        workload.plan.instances if mode == "performance" else (accuracy_plan(workload.plan),)
+    )
+    sync_dir = None
+    if mode == "performance":
+        sync_dir = workload.directory / f"sync_{role}_{mode}"
+        sync_dir.mkdir()
+    launches = [
+        _launch(workload, role, mode, number, instance, sync_dir)
+        for number, instance in enumerate(instances)
+    ]
+    try:
+        results = await run_instances(launches, sync_dir)
+    except StepProcessesFailed as exc:
+        raise StepFailed(step, f"{step} failed: {exc}") from None
+    mismatches = aggregate.pinning_mismatches(results)
+    if mismatches:
+        raise StepFailed(step, f"{step}: CPU pinning did not hold: {'; '.join(mismatches)}")
+    details = _seed_details(workload, role, spec, mode, launches)
+    try:
+        if mode == "performance":
+            figures = aggregate.summarize_performance(results, workload.config.batch_size)
+            headline = {
+                f"perf_throughput_{role}": figures["throughput_samples_per_s"],
+                f"perf_latency_{role}": figures["latency_ms"],
+            }
+        else:
+            figures = aggregate.summarize_accuracy(results[0])
+            headline = {f"acc_{role}": figures["accuracy"]}
+    except ValueError as exc:
+        raise StepFailed(step, f"{step} produced no usable measurement: {exc}") from None
+    details.update(figures)
+    details["inputs"] = [t.model_dump() for t in results[0].inputs]
+    details["outputs"] = results[0].outputs
+    details["tensorflow_version"] = results[0].tensorflow_version
+    return details, headline
+
+
+def _launch(
+    workload: Workload,
+    role: str,
+    mode: str,
+    number: int,
+    instance: InstancePlan,
+    sync_dir: Path | None,
+) -> InstanceLaunch:
+    stem = f"{role}_{mode}_benchmark"
+    result_path = workload.directory / f"{stem}_{number}.json"
+    argv = runner_argv(
+        workload.config_path, role, mode, number, instance.cpus, result_path, sync_dir
+    )
+    return InstanceLaunch(
+        index=number,
+        cpus=instance.cpus,
+        argv=argv,
+        log_path=workload.directory / f"{stem}_{number}.txt",
+        result_path=result_path,
+    )
+
+
+def _seed_details(
+    workload: Workload, role: ModelRole, spec: ModelSpec, mode: str, launches: list[InstanceLaunch]
+) -> dict[str, Any]:
+    """The seed's ``execution_details`` fields, then which CPUs each instance had."""
+    return {
+        "instances": len(launches),
+        "cores_per_instance": workload.plan.cores_per_instance,
+        "model_path": spec.path,
+        "precision": spec.precision,
+        "mode": mode,
+        "batch_size": workload.config.batch_size,
+        "framework": workload.config.framework,
+        "config_path": str(workload.config_path),
+        "benchmark_script": BENCHMARK_SCRIPT,
+        "command": launches[0].command,
+        "commands": [launch.command for launch in launches],
+        "cpus": [list(launch.cpus) for launch in launches],
+        "model_format": workload.config.models[role].format,
+        "log_paths": [str(launch.log_path) for launch in launches],
+    }
+
+
+def _comparison(payload: dict[str, Any]) -> dict[str, Any]:
+    """Optimized versus input: throughput speedup and accuracy delta, where both exist."""
+    out: dict[str, Any] = {}
+    base, new = (
+        payload.get("perf_throughput_input_model"),
+        payload.get("perf_throughput_optimized_model"),
+    )
+    if base and new:
+        out["speedup"] = round(new / base, 4)
+    acc_base, acc_new = payload.get("acc_input_model"), payload.get("acc_optimized_model")
+    if acc_base is not None and acc_new is not None:
+        out["accuracy_delta"] = round(acc_new - acc_base, 4)
+    return out
+
+
+def _write_result(directory: Path, finish: FinishEvent) -> None:
+    """``result.json``, written to a temporary file and renamed: never half-written."""
+    target = directory / RESULT_FILE
+    tmp = target.with_name(target.name + ".tmp")
+    try:
+        tmp.write_bytes(finish.model_dump_json(indent=2, exclude_none=True).encode())
+        tmp.replace(target)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise StepFailed("write_result", f"cannot write {target}: {exc.strerror}") from None
