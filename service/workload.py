@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,7 +134,6 @@ async def run_workload(
     )
     tracker = _StepTracker()
     extra = {"run_id": run_id, **({"node": node} if node else {})}
-    started = time.monotonic()
     try:
         async with asyncio.timeout(timeout_s):
             workload = prepare(request, settings, topology, run_id)
@@ -150,12 +148,6 @@ async def run_workload(
         )
     except StepFailed as exc:
         finish = error_finish(request.id, exc.message, exc.step, **extra)
-    log.info(
-        "workload_finished",
-        status=finish.status,
-        step=getattr(finish.data, "step", None),
-        duration_s=round(time.monotonic() - started, 3),
-    )
     return finish
 
 

@@ -49,11 +49,11 @@ def test_small_two_instances_of_one_core(small: CpuTopology) -> None:
     assert plan.defaults_used == ()
 
 
-def test_small_defaults_give_one_instance_of_all_cores(small: CpuTopology) -> None:
-    """With no sizes given, 1x2 runs one instance on both cores (min(4, node cores) = 2)."""
+def test_small_defaults_give_one_core_per_instance(small: CpuTopology) -> None:
+    """With no sizes given, a node under 8 cores runs one-core instances: 1x2 gives 2 x 1."""
     plan = plan_instances(small, None, None)
-    assert _cpu_sets(plan) == [{0, 1}]
-    assert plan.cores_per_instance == 2
+    assert _cpu_sets(plan) == [{0}, {1}]
+    assert plan.cores_per_instance == 1
     assert plan.defaults_used == ("cores_per_instance", "instances")
 
 

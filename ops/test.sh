@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Run every test: unit, real broker, real TensorFlow. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash ops/setup.sh
+.venv/bin/python -m ruff check .
+.venv/bin/python -m pytest "$@"

@@ -1,0 +1,230 @@
+"""The runner: benchmark ONE (model, mode, instance) in this process and write a JSON result.
+
+    python -m service.runner --config WORKLOAD/config.yaml --model input_model \\
+        --mode performance --instance 0 --cpus 0-1 --output result.json [--sync-dir DIR]
+
+The process pins itself to ``--cpus`` before TensorFlow is imported. Exit 0 on success; on any
+failure the result file still gets written, with ``error`` naming the failed step, and the
+exit code is 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pydantic import ValidationError
+
+from service.runner.pinning import StepError, observed_cpus, parse_cpus, pin_process
+from service.runner.protocol import RunnerConfig, RunnerError, RunnerModel, RunnerResult
+
+if TYPE_CHECKING:
+    from service.runner.loading import LoadedModel
+
+EXIT_OK = 0
+EXIT_FAILED = 2
+
+
+@dataclass
+class Progress:
+    """The step running now, to name it when something unexpected fails."""
+
+    step: str = "start"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m service.runner",
+        description="Benchmark one model in one mode as one pinned instance.",
+    )
+    parser.add_argument("--config", type=Path, required=True, help="the workload's config.yaml")
+    parser.add_argument("--model", choices=["input_model", "optimized_model"], required=True)
+    parser.add_argument("--mode", choices=["performance", "accuracy"], required=True)
+    parser.add_argument("--instance", type=_non_negative_int, required=True)
+    parser.add_argument("--cpus", required=True, help="cpu list to pin to, e.g. 0 or 0-1 or 0,2")
+    parser.add_argument("--output", type=Path, required=True, help="where the JSON result goes")
+    parser.add_argument(
+        "--sync-dir",
+        type=Path,
+        default=None,
+        help="directory for the synchronised start (ready.<instance> / go files)",
+    )
+    return parser.parse_args(argv)
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be >= 0")
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    result = RunnerResult(
+        model=args.model,
+        mode=args.mode,
+        instance=args.instance,
+        pid=os.getpid(),
+        cpus_planned=[],
+    )
+    progress = Progress()
+    try:
+        run(args, result, progress)
+    except StepError as exc:
+        result.error = RunnerError(step=exc.step, message=exc.message)
+    except Exception as exc:
+        traceback.print_exc()
+        message = f"unexpected {type(exc).__name__} during {progress.step}: {exc}"
+        result.error = RunnerError(step=progress.step, message=message)
+    _finish(result)
+    if not _write(result, args.output):
+        return EXIT_FAILED
+    if result.error is not None:
+        print(f"runner failed at {result.error.step}: {result.error.message}", file=sys.stderr)
+        return EXIT_FAILED
+    _print_summary(result)
+    return EXIT_OK
+
+
+def run(args: argparse.Namespace, result: RunnerResult, progress: Progress) -> None:
+    """Pin, load, benchmark; fill ``result`` as it goes."""
+    progress.step = "pin_cpus"
+    cpus = parse_cpus(args.cpus)
+    result.cpus_planned = cpus
+    pin_process(cpus)
+    result.intra_op_threads = len(cpus)
+    result.inter_op_threads = 1
+    progress.step = "load_config"
+    config = read_config(args.config)
+    spec = pick_model(config, args.model, args.config)
+    result.batch_size = config.batch_size
+    progress.step = "import_tensorflow"
+    import tensorflow as tf
+
+    result.tensorflow_version = tf.__version__
+    from service.runner.loading import load_model
+
+    progress.step = "load_model"
+    started = time.perf_counter()
+    model = load_model(spec, cpu_count=len(cpus), inputs=config.inputs, outputs=config.outputs)
+    result.load_time_s = time.perf_counter() - started
+    result.inputs = model.inputs
+    result.outputs = model.outputs
+    result.intra_op_threads = model.intra_op_threads
+    result.inter_op_threads = model.inter_op_threads
+    if args.mode == "performance":
+        run_performance(model, config, args, result, progress)
+    else:
+        run_accuracy(model, config, result, progress)
+
+
+def read_config(path: Path) -> RunnerConfig:
+    try:
+        return RunnerConfig.read(path)
+    except FileNotFoundError:
+        raise StepError("load_config", f"config not found: {path} does not exist") from None
+    except ValidationError as exc:
+        raise StepError("load_config", f"config {path} is not valid: {exc}") from None
+    except Exception as exc:
+        raise StepError("load_config", f"could not read config {path}: {exc}") from None
+
+
+def pick_model(config: RunnerConfig, role: str, path: Path) -> RunnerModel:
+    spec = config.models.get(role)  # type: ignore[call-overload]
+    if spec is None:
+        raise StepError(
+            "load_config", f"config {path} has no {role} (it has: {sorted(config.models)})"
+        )
+    return spec
+
+
+def run_performance(
+    model: LoadedModel,
+    config: RunnerConfig,
+    args: argparse.Namespace,
+    result: RunnerResult,
+    progress: Progress,
+) -> None:
+    from service.runner import performance
+
+    progress.step = "prepare_inputs"
+    feeds = performance.synthetic_inputs(
+        model.inputs, config.batch_size, sample_shape=_dataset_sample_shape(model, config)
+    )
+    progress.step = "first_inference"
+    result.first_inference_s = performance.first_inference_s(model, feeds)
+    progress.step = "warmup"
+    performance.warm_up(model, feeds, config.warmup)
+    result.warmup_iterations = config.warmup
+    if args.sync_dir is not None:
+        progress.step = "sync"
+        start_at_s = performance.wait_for_go(args.sync_dir, args.instance, config.barrier_timeout_s)
+        performance.sleep_until(start_at_s)
+    progress.step = "measure"
+    result.performance = performance.measure(
+        model, feeds, iterations=config.iterations, duration_s=config.duration_s
+    )
+
+
+def _dataset_sample_shape(model: LoadedModel, config: RunnerConfig) -> tuple[int, ...] | None:
+    """The dataset's sample shape, read only when an input has unknown non-batch dims."""
+    unknown = any(None in info.shape[1:] for info in model.inputs)
+    if not unknown or config.dataset is None or len(model.inputs) != 1:
+        return None
+    from service.runner.accuracy import read_arrays
+
+    _, x, _ = read_arrays(config.dataset)
+    return tuple(int(dim) for dim in x.shape[1:])
+
+
+def run_accuracy(
+    model: LoadedModel, config: RunnerConfig, result: RunnerResult, progress: Progress
+) -> None:
+    from service.runner import accuracy
+
+    progress.step = "load_dataset"
+    model_input = accuracy.single_io(model)
+    data = accuracy.load_dataset(config.dataset, model_input)
+    progress.step = "accuracy"
+    result.accuracy = accuracy.evaluate(model, data, config.batch_size, config.topk)
+
+
+def _finish(result: RunnerResult) -> None:
+    """What is read at the end of the run: the cpus every thread may use, peak memory."""
+    result.cpus_observed = observed_cpus(os.getpid())
+    result.peak_rss_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _write(result: RunnerResult, output: Path) -> bool:
+    try:
+        result.write(output)
+    except OSError as exc:
+        print(f"runner could not write its result to {output}: {exc}", file=sys.stderr)
+        return False
+    return True
+
+
+def _print_summary(result: RunnerResult) -> None:
+    """The lines Intel Neural Compressor prints, for tools that parse them."""
+    print(f"Batch size = {result.batch_size}")
+    if result.performance is not None and result.performance.batch_latencies_ms:
+        latencies_ms = result.performance.batch_latencies_ms
+        batch_ms = sum(latencies_ms) / len(latencies_ms)
+        sample_ms = batch_ms / result.batch_size
+        print(f"Latency: {sample_ms:.3f} ms")
+        print(f"Throughput: {1000.0 / sample_ms:.3f} images/sec")
+    if result.accuracy is not None:
+        print(f"Accuracy is {result.accuracy.accuracy:.4f}")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

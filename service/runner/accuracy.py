@@ -1,0 +1,165 @@
+"""Accuracy mode: top-k accuracy over an ``.npz`` file holding ``x`` (inputs) and ``y`` (labels)."""
+
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from service.runner.loading import LoadedModel
+from service.runner.performance import call_model, check_batch_dim
+from service.runner.pinning import StepError
+from service.runner.protocol import AccuracyResult, TensorInfo
+
+STEP_DATA = "load_dataset"
+STEP_RUN = "accuracy"
+
+
+@dataclass
+class Dataset:
+    path: Path
+    x: np.ndarray
+    y: np.ndarray
+
+
+def read_arrays(path_text: str | None) -> tuple[Path, np.ndarray, np.ndarray]:
+    """Read ``x`` and ``y`` from the npz, checking both are there and match in length."""
+    if path_text is None:
+        raise StepError(
+            STEP_DATA,
+            "accuracy mode needs benchmark.dataset: an .npz file with arrays 'x' and 'y'",
+        )
+    path = Path(path_text)
+    if not path.is_file():
+        raise StepError(STEP_DATA, f"dataset not found: {path} is not a file")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            names = sorted(npz.files)
+            missing = [name for name in ("x", "y") if name not in names]
+            if missing:
+                raise StepError(
+                    STEP_DATA,
+                    f"dataset {path} has no array {' or '.join(repr(m) for m in missing)} "
+                    f"(it has: {names or 'no arrays'}); it needs 'x' (inputs) and 'y' "
+                    "(integer labels)",
+                )
+            x, y = npz["x"], npz["y"]
+    except StepError:
+        raise
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise StepError(
+            STEP_DATA, f"could not read dataset {path} as an .npz file: {exc}"
+        ) from None
+    _check_labels(path, x, y)
+    return path, x, y
+
+
+def _check_labels(path: Path, x: np.ndarray, y: np.ndarray) -> None:
+    if not np.issubdtype(y.dtype, np.integer):
+        raise StepError(
+            STEP_DATA,
+            f"array 'y' in {path} must hold integer class labels, not {y.dtype}",
+        )
+    if y.ndim != 1:
+        raise StepError(
+            STEP_DATA,
+            f"array 'y' in {path} must be 1-D (one label per sample), "
+            f"but has shape {tuple(y.shape)}",
+        )
+    if x.ndim == 0 or len(x) != len(y):
+        raise StepError(
+            STEP_DATA,
+            f"arrays 'x' and 'y' in {path} must have one sample per label: "
+            f"x has shape {tuple(x.shape)}, y has {len(y)} labels",
+        )
+    if len(y) == 0:
+        raise StepError(STEP_DATA, f"dataset {path} is empty")
+
+
+def load_dataset(path_text: str | None, model_input: TensorInfo) -> Dataset:
+    """Read and check the dataset against the model's input; cast x to the input dtype."""
+    path, x, y = read_arrays(path_text)
+    expected = model_input.shape[1:]
+    sample = x.shape[1:]
+    matches = len(sample) == len(expected) and all(
+        want is None or want == got for want, got in zip(expected, sample, strict=True)
+    )
+    if not matches:
+        raise StepError(
+            STEP_DATA,
+            f"array 'x' in {path} has samples of shape {tuple(sample)} but the model input "
+            f"'{model_input.name}' expects {_show(expected)}",
+        )
+    dtype = tf.as_dtype(model_input.dtype).as_numpy_dtype
+    try:
+        x = x.astype(dtype, copy=False)
+    except (TypeError, ValueError) as exc:
+        raise StepError(
+            STEP_DATA,
+            f"array 'x' in {path} ({x.dtype}) cannot be cast to the model's "
+            f"{model_input.dtype}: {exc}",
+        ) from None
+    return Dataset(path=path, x=x, y=y.astype(np.int64, copy=False))
+
+
+def single_io(model: LoadedModel) -> TensorInfo:
+    """Accuracy feeds one input and scores one output; say so if the model has more."""
+    if len(model.inputs) != 1:
+        raise StepError(
+            STEP_DATA,
+            f"model has {len(model.inputs)} inputs ({[i.name for i in model.inputs]}); "
+            "accuracy mode feeds the npz 'x' array to exactly one input (if the others "
+            "have defaults, name the one to feed in benchmark.inputs)",
+        )
+    if len(model.outputs) != 1:
+        raise StepError(
+            STEP_DATA,
+            f"model has {len(model.outputs)} outputs ({model.outputs}); accuracy mode scores "
+            "exactly one logits/probabilities output: choose it with benchmark.outputs",
+        )
+    return model.inputs[0]
+
+
+def evaluate(model: LoadedModel, data: Dataset, batch_size: int, topk: int) -> AccuracyResult:
+    """Top-k accuracy over all samples, in batches (the last one smaller or padded)."""
+    info = model.inputs[0]
+    check_batch_dim(info, batch_size, STEP_RUN)
+    pad = info.shape[0] is not None
+    correct = 0
+    for start in range(0, len(data.y), batch_size):
+        batch = data.x[start : start + batch_size]
+        count = len(batch)
+        if pad and count < batch_size:
+            batch = _pad(batch, batch_size)
+        scores = call_model(model, [batch], STEP_RUN)[0][:count]
+        correct += count_correct(scores, data.y[start : start + count], topk)
+    samples = len(data.y)
+    return AccuracyResult(accuracy=correct / samples, correct=correct, samples=samples, topk=topk)
+
+
+def count_correct(scores: np.ndarray, labels: np.ndarray, topk: int) -> int:
+    """Samples whose label is among the top ``topk`` scores (ties count as in, like
+    ``tf.math.in_top_k``); a non-finite score for the label counts as wrong."""
+    flat = np.asarray(scores).reshape(len(labels), -1)
+    classes = flat.shape[1]
+    if np.any((labels < 0) | (labels >= classes)):
+        bad = labels[(labels < 0) | (labels >= classes)][0]
+        raise StepError(
+            STEP_RUN,
+            f"label {int(bad)} in 'y' is outside the model's {classes} output classes",
+        )
+    target = flat[np.arange(len(labels)), labels]
+    higher = np.sum(flat > target[:, None], axis=1)
+    return int(np.sum((higher < topk) & np.isfinite(target)))
+
+
+def _pad(batch: np.ndarray, batch_size: int) -> np.ndarray:
+    padding = np.zeros((batch_size - len(batch), *batch.shape[1:]), dtype=batch.dtype)
+    return np.concatenate([batch, padding])
+
+
+def _show(shape: list[int | None]) -> str:
+    return "(" + ", ".join("None" if dim is None else str(dim) for dim in shape) + ")"

@@ -1,0 +1,103 @@
+"""Shared fixtures: a real broker, the sample models, isolated broker names, a worker process."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from service.devbroker import NoBrokerError, find_broker
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def amqp_url() -> Iterator[str]:
+    """A real RabbitMQ: AMQP_URL, localhost, testcontainers, or a started rabbitmq-server."""
+    try:
+        handle = find_broker()
+    except NoBrokerError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    yield handle.url
+    handle.stop()
+
+
+@pytest.fixture(scope="session")
+def sample_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The project's sample models, made once per session by the real CLI."""
+    directory = tmp_path_factory.mktemp("samples")
+    subprocess.run(
+        [sys.executable, "-m", "service", "sample-models", str(directory), "--train-seconds", "3"],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    return directory
+
+
+@pytest.fixture
+def names() -> dict[str, str]:
+    """Broker names unique to one test, so tests never see each other's messages."""
+    tag = f"test.{uuid.uuid4().hex[:10]}"
+    return {
+        "requests_queue": f"{tag}.requests",
+        "dead_letter_exchange": f"{tag}.dead",
+        "dead_letter_queue": f"{tag}.requests.dead",
+        "events_exchange": f"{tag}.events",
+    }
+
+
+@pytest.fixture
+def worker_config(
+    tmp_path: Path, amqp_url: str, names: dict[str, str], sample_dir: Path
+) -> Iterator[Path]:
+    """A worker config YAML with this test's broker names; its broker objects are deleted after."""
+    workspace = tmp_path / "workspace"
+    workspace.mkdir()
+    config = {
+        "broker": {**names, "url": amqp_url, "publish_timeout_s": 10},
+        "worker": {
+            "workspace": str(workspace),
+            "allowed_roots": [str(sample_dir), str(workspace)],
+            "timeout_s": 240,
+            "shutdown_grace_s": 5,
+        },
+        "logging": {"level": "info", "json_output": True},
+    }
+    path = tmp_path / "worker.yaml"
+    path.write_text(yaml.safe_dump(config))
+    yield path
+    _delete_broker_objects(amqp_url, names)
+
+
+def _delete_broker_objects(amqp_url: str, names: dict[str, str]) -> None:
+    import asyncio
+
+    import aio_pika
+
+    async def delete() -> None:
+        connection = await aio_pika.connect(amqp_url)
+        async with connection:
+            for queue in (names["requests_queue"], names["dead_letter_queue"]):
+                channel = await connection.channel()
+                with contextlib.suppress(Exception):  # not declared by this test
+                    await channel.queue_delete(queue)
+            for exchange in (names["dead_letter_exchange"], names["events_exchange"]):
+                channel = await connection.channel()
+                with contextlib.suppress(Exception):  # not declared by this test
+                    await channel.exchange_delete(exchange)
+
+    asyncio.run(delete())
+
+
+def worker_environment() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BENCHMARK_WORKER_")}
+    env.pop("AMQP_URL", None)
+    return env
