@@ -104,19 +104,42 @@ class BenchmarkSettings(Contract):
         description="Physical cores per instance. Default: see the README's sizing section.",
     )
     warmup: int = Field(
-        default=10, ge=0, le=1_000_000, description="Untimed inference calls before measuring."
+        default=10,
+        ge=0,
+        le=1_000_000,
+        description="Untimed inference calls before measuring (warmup_s must pass too).",
+    )
+    warmup_s: float = Field(
+        default=0.5,
+        ge=0,
+        le=3600,
+        description="Minimum warmup time; warmup ends when both warmup and warmup_s are met.",
     )
     iterations: int | None = Field(
         default=None,
         ge=1,
         le=100_000_000,
-        description="Timed inference calls per instance. When set, duration_s is not used.",
+        description="Exact timed inference calls per instance; when set, the run-length rule "
+        "(duration_s, min_iterations, max_duration_s) is not used.",
     )
     duration_s: float = Field(
         default=5.0,
         gt=0,
         le=86_400,
-        description="Length of the timed window when iterations is not set.",
+        description="Minimum length of the timed window.",
+    )
+    min_iterations: int = Field(
+        default=1000,
+        ge=1,
+        le=100_000_000,
+        description="Minimum timed calls per instance; the window runs until both duration_s "
+        "and min_iterations are met, or max_duration_s is reached.",
+    )
+    max_duration_s: float = Field(
+        default=60.0,
+        gt=0,
+        le=86_400,
+        description="Hard cap on the timed window.",
     )
     dataset: str | None = Field(
         default=None,
@@ -154,6 +177,11 @@ class BenchmarkRequest(Contract):
 
     @model_validator(mode="after")
     def _accuracy_needs_a_dataset(self) -> BenchmarkRequest:
+        if self.benchmark.max_duration_s < self.benchmark.duration_s:
+            raise ValueError(
+                f"benchmark.max_duration_s ({self.benchmark.max_duration_s:g}) must not be "
+                f"below benchmark.duration_s ({self.benchmark.duration_s:g})"
+            )
         if self.benchmark.dataset is None:
             for role, _model, mode in self.steps():
                 if mode == "accuracy":

@@ -9,7 +9,7 @@ DEMO=${DEMO_DIR:-$PWD/demo}
 rm -rf "$DEMO" && mkdir -p "$DEMO"
 
 echo "== making the sample models in $DEMO/samples"
-REQUEST=$($BW sample-models "$DEMO/samples")
+REQUEST=$($BW sample-models "$DEMO/samples" 2>"$DEMO/sample-models.log")
 EVENTS="$DEMO/events.jsonl"
 
 if URL=$(.venv/bin/python -m service.devbroker); then

@@ -33,8 +33,11 @@ class RunnerConfig(_Strict):
     models: dict[Literal["input_model", "optimized_model"], RunnerModel]
     batch_size: int = Field(ge=1)
     warmup: int = Field(ge=0)
+    warmup_s: float = Field(default=0.0, ge=0)
     iterations: int | None = Field(default=None, ge=1)
     duration_s: float = Field(gt=0)
+    min_iterations: int = Field(default=1, ge=1)
+    max_duration_s: float | None = Field(default=None, gt=0)
     dataset: str | None = None
     topk: int = Field(default=1, ge=1)
     inputs: list[str] | None = None
