@@ -51,12 +51,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--cpus", required=True, help="cpu list to pin to, e.g. 0 or 0-1 or 0,2")
     parser.add_argument("--output", type=Path, required=True, help="where the JSON result goes")
     parser.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=None,
+        help="intra-op threads (default: one per cpu in --cpus); for comparisons such as an "
+        "unpinned run with --cpus covering several cpus and --threads 1",
+    )
+    parser.add_argument(
         "--sync-dir",
         type=Path,
         default=None,
         help="directory for the synchronised start (ready.<instance> / go files)",
     )
     return parser.parse_args(argv)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be >= 1")
+    return value
 
 
 def _non_negative_int(text: str) -> int:
@@ -99,8 +113,9 @@ def run(args: argparse.Namespace, result: RunnerResult, progress: Progress) -> N
     progress.step = "pin_cpus"
     cpus = parse_cpus(args.cpus)
     result.cpus_planned = cpus
-    pin_process(cpus)
-    result.intra_op_threads = len(cpus)
+    threads = args.threads or len(cpus)
+    pin_process(cpus, threads)
+    result.intra_op_threads = threads
     result.inter_op_threads = 1
     progress.step = "load_config"
     config = read_config(args.config)
@@ -114,7 +129,7 @@ def run(args: argparse.Namespace, result: RunnerResult, progress: Progress) -> N
 
     progress.step = "load_model"
     started = time.perf_counter()
-    model = load_model(spec, cpu_count=len(cpus), inputs=config.inputs, outputs=config.outputs)
+    model = load_model(spec, cpu_count=threads, inputs=config.inputs, outputs=config.outputs)
     result.load_time_s = time.perf_counter() - started
     result.inputs = model.inputs
     result.outputs = model.outputs

@@ -47,10 +47,11 @@ def parse_cpus(cpu_text: str) -> list[int]:
         raise StepError("pin_cpus", f"--cpus {cpu_text!r}: {exc}") from None
 
 
-def pin_process(cpus: list[int]) -> None:
-    """Pin this process to ``cpus`` and set the threading environment for that many cpus.
+def pin_process(cpus: list[int], threads: int | None = None) -> None:
+    """Pin this process to ``cpus`` and set the threading environment for ``threads`` threads.
 
-    Must run before TensorFlow is imported. Variables the user already set are kept.
+    ``threads`` defaults to one per cpu. Must run before TensorFlow is imported. Variables the
+    user already set are kept.
     """
     try:
         os.sched_setaffinity(0, cpus)
@@ -61,7 +62,7 @@ def pin_process(cpus: list[int]) -> None:
             f"could not pin to cpus {format_cpu_list(cpus)}: {exc.strerror}; "
             f"this process may use cpus {allowed}",
         ) from None
-    for name, value in thread_environment(len(cpus)).items():
+    for name, value in thread_environment(threads or len(cpus)).items():
         os.environ.setdefault(name, value)
 
 
