@@ -1,0 +1,102 @@
+"""Helpers shared by the benchmark scripts: sample models, bare loops, worker bench runs."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+BARE_LOOP = Path(__file__).with_name("bare_loop.py")
+
+
+def sample_models(directory: Path | None) -> Path:
+    """The sample models in ``directory``, made there (or in a temporary directory) if missing."""
+    directory = directory or Path(tempfile.mkdtemp(prefix="perf-samples-"))
+    if not (directory / "request.json").exists():
+        subprocess.run(
+            [sys.executable, "-m", "service", "sample-models", str(directory)],
+            check=True,
+            capture_output=True,
+            cwd=REPO,
+        )
+    return directory
+
+
+def bare_loops(model: Path, cpus: list[int], batch_size: int, duration_s: float) -> list[float]:
+    """Run one bare loop per CPU, started together after all have warmed up; throughputs."""
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(BARE_LOOP),
+                str(model),
+                "--cpu",
+                str(cpu),
+                "--batch-size",
+                str(batch_size),
+                "--duration-s",
+                str(duration_s),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        for cpu in cpus
+    ]
+    for proc in procs:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+    results = []
+    for proc in procs:
+        out, _ = proc.communicate(timeout=duration_s + 120)
+        results.append(json.loads(out.strip().splitlines()[-1])["throughput_samples_per_s"])
+    return results
+
+
+def worker_bench(
+    samples: Path, benchmark: dict[str, Any], model: str = "fp32.pb"
+) -> dict[str, Any]:
+    """One performance step of ``model`` through ``benchmark-worker bench``; its finish data."""
+    workspace = Path(tempfile.mkdtemp(prefix="perf-ws-"))
+    request = {
+        "id": f"perf-{uuid.uuid4().hex[:8]}",
+        "workspace_path": str(workspace),
+        "input_model": {"precision": "fp32", "path": str(samples / model), "mods": ["performance"]},
+        "benchmark": benchmark,
+    }
+    path = workspace / "request.json"
+    path.write_text(json.dumps(request))
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "service",
+            "bench",
+            str(path),
+            "--allowed-root",
+            str(samples),
+            "--allowed-root",
+            str(workspace),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    finish = json.loads(done.stdout.strip().splitlines()[-1])
+    if finish["status"] != "success":
+        raise RuntimeError(f"bench failed: {finish['data']}")
+    return finish["data"]
+
+
+def median_ratio(pairs: list[tuple[float, float]]) -> float:
+    return statistics.median(a / b for a, b in pairs)
