@@ -38,6 +38,7 @@ from service.executor.launch import (
     run_instances,
     runner_argv,
 )
+from service.executor.memory import memory_binding
 from service.executor.planner import InstancePlan, Plan, PlanError, accuracy_plan, plan_instances
 from service.executor.topology import CpuTopology
 from service.paths import VALIDATE_STEP, model_format, require_existing, resolve_allowed
@@ -59,6 +60,7 @@ class Workload:
     config_path: Path
     plan: Plan
     config: RunnerConfig
+    topology: CpuTopology
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -115,7 +117,7 @@ def prepare(
         raise StepFailed(
             "prepare", f"cannot write the workload directory {directory}: {exc.strerror}"
         ) from None
-    return Workload(request, run_id, directory, directory / "config.yaml", plan, config)
+    return Workload(request, run_id, directory, directory / "config.yaml", plan, config, topology)
 
 
 def _model_name(raw_path: str) -> str:
@@ -202,6 +204,7 @@ async def _run_step(
     if mismatches:
         raise StepFailed(step, f"{step}: CPU pinning did not hold: {'; '.join(mismatches)}")
     details = _seed_details(workload, role, spec, mode, launches)
+    details["memory_policy"] = memory_binding(instances[0], workload.topology).policy
     try:
         if mode == "performance":
             figures = aggregate.summarize_performance(results, workload.config.batch_size)
@@ -237,7 +240,7 @@ def _launch(
     return InstanceLaunch(
         index=number,
         cpus=instance.cpus,
-        argv=argv,
+        argv=memory_binding(instance, workload.topology).argv_prefix + argv,
         log_path=workload.directory / f"{stem}_{number}.txt",
         result_path=result_path,
     )

@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from ops.perf._common import sample_models
 from service.aggregate import summarize_performance
 from service.executor.launch import InstanceLaunch, run_instances, runner_argv
+from service.logs import configure_logging
 from service.runner.protocol import RunnerConfig, RunnerModel
 
 
@@ -73,6 +74,7 @@ def main() -> int:
     parser.add_argument("--duration-s", type=float, default=5.0)
     parser.add_argument("--samples", type=Path, default=None)
     args = parser.parse_args()
+    configure_logging("warning")
     cpus = sorted(os.sched_getaffinity(0))[:2]
     if len(cpus) < 2:
         print("needs two CPUs", file=sys.stderr)
