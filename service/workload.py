@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -196,15 +197,18 @@ async def _run_step(
         _launch(workload, role, mode, number, instance, sync_dir)
         for number, instance in enumerate(instances)
     ]
+    started_s = time.monotonic()
     try:
         results = await run_instances(launches, sync_dir)
     except StepProcessesFailed as exc:
         raise StepFailed(step, f"{step} failed: {exc}") from None
+    step_wall_s = time.monotonic() - started_s
     mismatches = aggregate.pinning_mismatches(results)
     if mismatches:
         raise StepFailed(step, f"{step}: CPU pinning did not hold: {'; '.join(mismatches)}")
     details = _seed_details(workload, role, spec, mode, launches)
     details["memory_policy"] = memory_binding(instances[0], workload.topology).policy
+    details["step_wall_s"] = round(step_wall_s, 3)
     try:
         if mode == "performance":
             figures = aggregate.summarize_performance(results, workload.config.batch_size)
