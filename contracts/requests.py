@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from ._base import Contract
 from .routing import WORKLOAD_ID_PATTERN
@@ -30,6 +30,20 @@ MODE_ORDER: tuple[Mode, ...] = ("performance", "accuracy")
 MODE_ALIASES = {"benchmark": "performance", "performance": "performance", "accuracy": "accuracy"}
 
 SCHEMA_VERSION = 1
+REQUEST_MESSAGE_TYPE = "benchmark_request"
+"""The AMQP ``type`` property publishers set on a request (the worker does not require it)."""
+
+
+def _document_mode_keys(schema: dict[str, Any]) -> None:
+    """JSON Schema of ModelSpec: the wire also takes ``mode``/``mods`` (one of the three keys)."""
+    names = {"enum": sorted(MODE_ALIASES), "type": "string"}
+    given = {"anyOf": [names, {"type": "array", "items": names, "minItems": 1}]}
+    properties = schema["properties"]
+    properties["modes"]["items"] = names
+    properties["mode"] = {**given, "description": "INC's code key for the modes (as modes)."}
+    properties["mods"] = {**given, "description": "INC's page key for the modes (as modes)."}
+    pairs = [["mode", "mods"], ["mode", "modes"], ["mods", "modes"]]
+    schema["not"] = {"anyOf": [{"required": pair} for pair in pairs]}
 
 
 class ModelSpec(Contract):
@@ -38,6 +52,8 @@ class ModelSpec(Contract):
     ``mode`` (INC's code) and ``mods`` (INC's page) are both accepted; ``benchmark`` is an alias
     of ``performance``. Default: ``["performance"]``. Steps always run performance first.
     """
+
+    model_config = ConfigDict(json_schema_extra=_document_mode_keys)
 
     precision: str = Field(
         pattern=r"^[A-Za-z0-9_]{1,16}$",

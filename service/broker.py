@@ -13,6 +13,7 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 
+from contracts import routing
 from service.config import BrokerSettings
 
 
@@ -39,11 +40,8 @@ class Topology:
 
 
 def request_queue_arguments(settings: BrokerSettings) -> dict[str, object]:
-    return {
-        "x-queue-type": "quorum",
-        "x-dead-letter-exchange": settings.dead_letter_exchange,
-        "x-delivery-limit": settings.delivery_limit,
-    }
+    """The requests queue's arguments, from the one builder clients use too (contracts.routing)."""
+    return routing.request_queue_arguments(settings.dead_letter_exchange, settings.delivery_limit)
 
 
 async def declare_topology(channel: AbstractRobustChannel, settings: BrokerSettings) -> Topology:
@@ -52,7 +50,7 @@ async def declare_topology(channel: AbstractRobustChannel, settings: BrokerSetti
         settings.dead_letter_exchange, aio_pika.ExchangeType.FANOUT, durable=True
     )
     dead_letters = await channel.declare_queue(
-        settings.dead_letter_queue, durable=True, arguments={"x-queue-type": "quorum"}
+        settings.dead_letter_queue, durable=True, arguments=routing.dead_letter_queue_arguments()
     )
     await dead_letters.bind(dead_exchange, routing_key="")
     requests = await channel.declare_queue(

@@ -1,4 +1,4 @@
-"""``benchmark-worker``: run | bench | submit | sample-models | plan."""
+"""``benchmark-worker``: run | bench | submit | schema | sample-models | plan."""
 
 from __future__ import annotations
 
@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait (--wait)")
     submit.add_argument("--config", type=Path, help="worker config YAML (queue names, URL)")
     submit.add_argument("--amqp-url", help="broker URL (default: $AMQP_URL or localhost)")
+
+    schema = verbs.add_parser("schema", help="write the JSON Schemas and the AsyncAPI document")
+    schema.add_argument("directory", type=Path, help="where to write them (contracts/schemas)")
 
     samples = verbs.add_parser("sample-models", help="write a small real model pair and request")
     samples.add_argument("directory", type=Path)
@@ -102,6 +105,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         from service.samples import write_sample_models  # imports TensorFlow: not in the worker
 
         print(write_sample_models(args.directory, train_seconds=args.train_seconds))
+        return EXIT_OK
+    if args.verb == "schema":
+        from service.asyncapi import write_schemas
+
+        for path in write_schemas(args.directory):
+            print(path)
         return EXIT_OK
     if args.verb == "plan":
         from service.cpulist import parse_cpu_list
