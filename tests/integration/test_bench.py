@@ -1,0 +1,89 @@
+"""``benchmark-worker bench``: the same request without a broker, and every model format."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from contracts import FinishEvent, ProgressEvent, StartEvent, parse_event
+
+pytestmark = pytest.mark.tensorflow
+
+SHORT = {"duration_s": 0.5, "warmup": 2, "warmup_s": 0, "min_iterations": 10, "max_duration_s": 1}
+
+
+def bench(request: dict[str, Any], sample_dir: Path, tmp_path: Path) -> tuple[int, list[Any]]:
+    path = tmp_path / "request.json"
+    path.write_text(json.dumps({**request, "workspace_path": str(tmp_path)}))
+    done = subprocess.run(
+        [sys.executable, "-m", "service", "bench", str(path),
+         "--allowed-root", str(sample_dir), "--allowed-root", str(tmp_path)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    return done.returncode, [parse_event(line) for line in done.stdout.splitlines()]
+
+
+def test_seed_request_without_a_broker(sample_dir: Path, tmp_path: Path) -> None:
+    """bench prints start, every progress and one success finish as JSON lines; exit 0."""
+    request = json.loads((sample_dir / "request.json").read_text())
+    request["benchmark"] = {**request["benchmark"], **SHORT}
+    code, events = bench(request, sample_dir, tmp_path)
+    assert code == 0
+    assert isinstance(events[0], StartEvent)
+    assert [e.data.progress for e in events[1:-1] if isinstance(e, ProgressEvent)] == [
+        "1/4", "2/4", "3/4", "4/4",
+    ]  # fmt: skip
+    finish = events[-1]
+    assert isinstance(finish, FinishEvent) and finish.ok
+    data = finish.data.model_dump()
+    assert data["perf_throughput_input_model"] > 0 and data["perf_throughput_optimized_model"] > 0
+    assert 0.5 < data["acc_input_model"] <= 1 and data["acc_optimized_model"] == pytest.approx(
+        data["acc_input_model"], abs=0.01
+    )
+    result = json.loads((Path(data["execution_details"]["input_model_benchmark"]["performance"]
+                              ["config_path"]).parent / "result.json").read_text())  # fmt: skip
+    assert result["data"]["perf_throughput_input_model"] == data["perf_throughput_input_model"]
+
+
+@pytest.mark.parametrize(
+    ("model", "expected_format"),
+    [("saved_model", "saved_model"), ("model.keras", "keras"), ("model.h5", "keras")],
+)
+def test_each_model_format_benchmarks(
+    model: str, expected_format: str, sample_dir: Path, tmp_path: Path
+) -> None:
+    """A SavedModel directory and Keras .keras/.h5 files run like a frozen graph does."""
+    request = {
+        "id": f"format-{expected_format}",
+        "input_model": {"precision": "fp32", "path": str(sample_dir / model)},
+        "benchmark": {**SHORT, "instances": 1, "cores_per_instance": 1},
+    }
+    code, events = bench(request, sample_dir, tmp_path)
+    assert code == 0, events[-1]
+    step = events[-1].data.execution_details["input_model_benchmark"]["performance"]
+    assert step.model_dump()["model_format"] == expected_format
+    assert events[-1].data.perf_throughput_input_model > 0
+
+
+def test_bench_exits_1_with_an_error_finish_for_a_broken_model(
+    sample_dir: Path, tmp_path: Path
+) -> None:
+    """A file that is not a graph ends in an error finish naming the step; exit code 1."""
+    broken = tmp_path / "broken.pb"
+    broken.write_bytes(b"\x00 definitely not a GraphDef")
+    request = {
+        "id": "broken",
+        "input_model": {"precision": "fp32", "path": str(broken)},
+        "benchmark": {**SHORT, "instances": 1, "cores_per_instance": 1},
+    }
+    code, events = bench(request, sample_dir, tmp_path)
+    assert code == 1
+    finish = events[-1]
+    assert isinstance(finish, FinishEvent) and finish.status == "error"
+    assert finish.data.step == "input_model/performance"
+    assert "load_model" in finish.data.message and "broken.pb" in finish.data.message
