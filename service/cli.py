@@ -1,4 +1,4 @@
-"""``benchmark-worker``: run | bench | submit | schema | sample-models | plan."""
+"""``benchmark-worker``: run | check | cancel | bench | submit | schema | sample-models | plan."""
 
 from __future__ import annotations
 
@@ -36,6 +36,17 @@ def build_parser() -> argparse.ArgumentParser:
     run = verbs.add_parser("run", help="consume requests and publish events until SIGTERM")
     _add_worker_options(run)
     run.add_argument("--amqp-url", help="broker URL (default: $AMQP_URL or localhost)")
+    run.add_argument("--worker-id", help="this worker's id on its host (default: from --cpus)")
+
+    check = verbs.add_parser("check", help="exit 0 when the worker on this node is consuming")
+    _add_worker_options(check)
+    check.add_argument("--worker-id", help="the worker's id, as given to run")
+
+    cancel = verbs.add_parser("cancel", help="cancel a workload, running or still queued")
+    cancel.add_argument("workload_id", help="the request's id")
+    cancel.add_argument("--reason", help="why (logged by the worker, in the finish)")
+    cancel.add_argument("--config", type=Path, help="worker config YAML (exchange names, URL)")
+    cancel.add_argument("--amqp-url", help="broker URL (default: $AMQP_URL or localhost)")
 
     bench = verbs.add_parser("bench", help="run one request locally; events as JSON lines")
     bench.add_argument("request", type=Path, help="request JSON file")
@@ -79,7 +90,11 @@ def _settings(args: argparse.Namespace) -> Settings:
         "workspace": getattr(args, "workspace", None),
         "cpus": getattr(args, "cpus", None),
     }
-    return settings.with_overrides(worker=worker, broker={"url": getattr(args, "amqp_url", None)})
+    return settings.with_overrides(
+        worker=worker,
+        broker={"url": getattr(args, "amqp_url", None)},
+        node={"worker_id": getattr(args, "worker_id", None)},
+    )
 
 
 def _topology(settings: Settings) -> CpuTopology:
@@ -125,6 +140,16 @@ def _dispatch(args: argparse.Namespace) -> int:
         return asyncio.run(_run(settings))
     if args.verb == "bench":
         return asyncio.run(_bench(read_request(args.request), settings))
+    if args.verb == "check":
+        from service.fleet import heartbeat_path
+        from service.health import run_check
+
+        path = heartbeat_path(settings, _topology(settings).cpu_ids)
+        return run_check(path, settings.health.stale_after_s)
+    if args.verb == "cancel":
+        from service.control import send_cancel
+
+        return asyncio.run(send_cancel(settings.broker, args.workload_id, args.reason))
     if args.verb == "submit":
         from service.submit import submit
 

@@ -33,6 +33,9 @@ class BrokerSettings(_Section):
     dead_letter_exchange: str = routing.DEAD_LETTER_EXCHANGE
     dead_letter_queue: str = routing.DEAD_LETTER_QUEUE
     events_exchange: str = routing.EVENTS_EXCHANGE
+    control_exchange: str = Field(
+        default="benchmark.control", description="Topic exchange of control messages (cancel)."
+    )
     delivery_limit: int = Field(default=3, ge=1, description="x-delivery-limit of the queue.")
     publish_timeout_s: float = Field(default=30.0, gt=0)
     reconnect_interval_s: float = Field(default=5.0, gt=0)
@@ -75,10 +78,51 @@ class LoggingSettings(_Section):
     json_output: bool | None = Field(default=None, description="None: JSON unless on a terminal.")
 
 
+class NodeSettings(_Section):
+    """Fleet identity, node status and cancel memory (issue 6)."""
+
+    worker_id: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_-]{1,32}$",
+        description="This worker's id on its host; default: from its CPUs, e.g. 'cpu0-3'.",
+    )
+    status_interval_s: float = Field(default=30.0, gt=0, description="Node status period.")
+    cancelled_ttl_s: float = Field(default=86400.0, gt=0, description="Cancels remembered.")
+    cancelled_max: int = Field(default=10000, ge=1, description="At most this many remembered.")
+
+
+class HealthSettings(_Section):
+    """The heartbeat file ``benchmark-worker check`` reads."""
+
+    heartbeat_file: Path | None = Field(
+        default=None, description="Default: <workspace>/health/<node_id>.json."
+    )
+    heartbeat_interval_s: float = Field(default=5.0, gt=0)
+    stale_after_s: float = Field(default=30.0, gt=0, description="Older heartbeat: unhealthy.")
+
+    @model_validator(mode="after")
+    def _stale_after_interval(self) -> HealthSettings:
+        if self.stale_after_s <= self.heartbeat_interval_s:
+            raise ValueError("stale_after_s must be longer than heartbeat_interval_s")
+        if self.heartbeat_file is not None:
+            object.__setattr__(self, "heartbeat_file", self.heartbeat_file.expanduser())
+        return self
+
+
+class MetricsSettings(_Section):
+    """The Prometheus endpoint; off unless ``port`` is set."""
+
+    port: int | None = Field(default=None, ge=0, le=65535, description="None: no endpoint.")
+    host: str = Field(default="0.0.0.0", description="Address the endpoint listens on.")
+
+
 class Settings(_Section):
     broker: BrokerSettings = Field(default_factory=BrokerSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    node: NodeSettings = Field(default_factory=NodeSettings)
+    health: HealthSettings = Field(default_factory=HealthSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
 
     def with_overrides(self, **sections: Mapping[str, Any]) -> Settings:
         """A copy with some keys replaced (used for CLI flags), validated again."""

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import socket
 import time
 import uuid
 from typing import Any
@@ -29,27 +27,16 @@ import structlog
 from aio_pika.abc import AbstractIncomingMessage
 
 from contracts import BenchmarkRequest, FinishEvent, ProgressEvent, StartEvent, error_finish
-from service import __version__
 from service.broker import Topology, connect, declare_topology
 from service.config import Settings
-from service.cpulist import format_cpu_list
 from service.errors import PublishFailed, RejectRequest
 from service.executor.topology import CpuTopology
+from service.fleet import Fleet
 from service.intake import decode_request
 from service.publisher import EventPublisher
 from service.workload import run_workload
 
 log = structlog.get_logger()
-
-
-def node_identity(topology: CpuTopology, worker_id: str) -> dict[str, Any]:
-    return {
-        "hostname": socket.gethostname(),
-        "worker_id": worker_id,
-        "pid": os.getpid(),
-        "cpus": format_cpu_list(topology.cpu_ids),
-        "version": __version__,
-    }
 
 
 def finish_log_fields(finish: FinishEvent) -> dict[str, Any]:
@@ -64,8 +51,9 @@ class Worker:
     def __init__(self, settings: Settings, topology: CpuTopology) -> None:
         self._settings = settings
         self._topology = topology
-        self._worker_id = uuid.uuid4().hex[:8]
-        self._node = node_identity(topology, self._worker_id)
+        self._fleet = Fleet(settings, topology.cpu_ids)  # node status, cancel, health, metrics
+        self._worker_id = self._fleet.identity.worker_id
+        self._node = self._fleet.node
         self._stop = asyncio.Event()
         self._current: asyncio.Task[Any] | None = None
         self._publisher: EventPublisher | None = None
@@ -87,14 +75,18 @@ class Worker:
                 broker.events_exchange, aio_pika.ExchangeType.TOPIC, durable=True
             )
             self._publisher = EventPublisher(events, broker.publish_timeout_s)
+            await self._fleet.start(consume_connection, publish_connection, events)
             tag = await topology.requests.consume(self._on_message)
+            self._fleet.watch_consumer(consume_channel, tag)
             log.info("worker_started", queue=broker.requests_queue, **self._node)
             self.ready.set()
             await self._stop.wait()
             log.info("worker_stopping", busy=self._current is not None)
+            self._fleet.stopping()
             await topology.requests.cancel(tag)
             await self._drain()
         finally:
+            await self._fleet.stop()
             await consume_connection.close()
             await publish_connection.close()
             log.info("worker_stopped")
@@ -161,8 +153,13 @@ class Worker:
             )
 
     async def _benchmark(self, request: BenchmarkRequest, run_id: str) -> FinishEvent:
-        return await run_workload(
-            request, self._settings, self._topology, self._emit, run_id, self._node
+        return await self._fleet.run(
+            request,
+            run_id,
+            lambda emit: run_workload(
+                request, self._settings, self._topology, emit, run_id, self._node
+            ),
+            self._emit,
         )
 
     async def _emit(self, event: StartEvent | ProgressEvent) -> None:
@@ -176,8 +173,11 @@ class Worker:
         log.warning(
             "request_rejected", reason=exc.reason, error=str(exc), workload_id=exc.workload_id
         )
+        self._fleet.request_rejected()
         if exc.workload_id is not None:
-            finish = error_finish(exc.workload_id, str(exc), "validate", reason=exc.reason)
+            finish = error_finish(
+                exc.workload_id, str(exc), "validate", reason=exc.reason, node=self._node
+            )
             try:
                 await self._publisher_or_fail().publish(finish)
             except PublishFailed as publish_error:
@@ -192,7 +192,11 @@ class Worker:
             await _settle(message, "nack", requeue=True)
             return
         finish = error_finish(
-            workload_id, "internal error in the worker; see its log", "worker", run_id=run_id
+            workload_id,
+            "internal error in the worker; see its log",
+            "worker",
+            run_id=run_id,
+            node=self._node,
         )
         with contextlib.suppress(PublishFailed):
             await self._publisher_or_fail().publish(finish)

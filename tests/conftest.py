@@ -51,6 +51,7 @@ def names() -> dict[str, str]:
         "dead_letter_exchange": f"{tag}.dead",
         "dead_letter_queue": f"{tag}.requests.dead",
         "events_exchange": f"{tag}.events",
+        "control_exchange": f"{tag}.control",
     }
 
 
@@ -89,7 +90,8 @@ def _delete_broker_objects(amqp_url: str, names: dict[str, str]) -> None:
                 channel = await connection.channel()
                 with contextlib.suppress(Exception):  # not declared by this test
                     await channel.queue_delete(queue)
-            for exchange in (names["dead_letter_exchange"], names["events_exchange"]):
+            exchanges = ("dead_letter_exchange", "events_exchange", "control_exchange")
+            for exchange in (names[key] for key in exchanges if key in names):
                 channel = await connection.channel()
                 with contextlib.suppress(Exception):  # not declared by this test
                     await channel.exchange_delete(exchange)

@@ -1,0 +1,177 @@
+"""Cancel: the control exchange, each worker's own queue on it, and the memory of cancelled ids.
+
+Every worker binds an exclusive queue to ``benchmark.*.cancel`` on the control exchange, so a
+cancel reaches all of them: the one running the workload kills its runners, and every worker
+remembers the id (bounded: ``node.cancelled_max`` ids for ``node.cancelled_ttl_s``) so that a
+request still in the queue is dropped with the same error finish when it arrives.
+A worker started after the cancel was sent does not know about it.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+
+import aio_pika
+import structlog
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractQueue,
+)
+from pydantic import ValidationError
+
+from contracts import routing
+from contracts.control import CANCEL_MESSAGE_TYPE, CancelRequest, parse_cancel
+from service.config import BrokerSettings
+
+log = structlog.get_logger()
+
+Clock = Callable[[], float]
+OnCancel = Callable[[CancelRequest], None]
+
+
+class CancelledIds:
+    """Workload ids cancelled in the last ``ttl_s`` seconds, at most ``max_ids`` of them."""
+
+    def __init__(self, ttl_s: float, max_ids: int, clock: Clock = time.monotonic) -> None:
+        self._ttl_s = ttl_s
+        self._max_ids = max_ids
+        self._clock = clock
+        self._expiry_by_id: OrderedDict[str, float] = OrderedDict()
+        self._reason_by_id: dict[str, str | None] = {}
+
+    def add(self, workload_id: str, reason: str | None = None) -> None:
+        self._expire()
+        self._expiry_by_id.pop(workload_id, None)
+        self._expiry_by_id[workload_id] = self._clock() + self._ttl_s
+        self._reason_by_id[workload_id] = reason
+        while len(self._expiry_by_id) > self._max_ids:
+            oldest, _ = self._expiry_by_id.popitem(last=False)
+            self._reason_by_id.pop(oldest, None)
+
+    def __contains__(self, workload_id: object) -> bool:
+        self._expire()
+        return workload_id in self._expiry_by_id
+
+    def __len__(self) -> int:
+        self._expire()
+        return len(self._expiry_by_id)
+
+    def reason(self, workload_id: str) -> str | None:
+        return self._reason_by_id.get(workload_id)
+
+    def _expire(self) -> None:
+        now = self._clock()
+        while self._expiry_by_id:
+            oldest, expiry = next(iter(self._expiry_by_id.items()))
+            if expiry > now:
+                return
+            del self._expiry_by_id[oldest]
+            self._reason_by_id.pop(oldest, None)
+
+
+async def declare_control_exchange(
+    channel: AbstractChannel, settings: BrokerSettings
+) -> AbstractExchange:
+    """The durable topic exchange cancels are published to (idempotent)."""
+    return await channel.declare_exchange(
+        settings.control_exchange, aio_pika.ExchangeType.TOPIC, durable=True
+    )
+
+
+def cancel_from_message(routing_key: str, body: bytes) -> CancelRequest | None:
+    """The cancel a control message carries: its body, else the id in its routing key."""
+    try:
+        cancel = parse_cancel(body)
+    except ValidationError:
+        cancel = None
+    parts = routing_key.split(".")
+    key_id = parts[1] if len(parts) == 3 and parts[2] == "cancel" else None
+    if cancel is not None:
+        if key_id is not None and key_id != cancel.id:
+            log.warning("cancel_key_mismatch", routing_key=routing_key, body_id=cancel.id)
+        return cancel
+    if key_id is not None and routing.is_routable_id(key_id):
+        log.warning("cancel_body_invalid", routing_key=routing_key, body_bytes=len(body))
+        return CancelRequest(id=key_id)
+    log.warning("control_message_ignored", routing_key=routing_key, body_bytes=len(body))
+    return None
+
+
+class ControlListener:
+    """This worker's exclusive queue on the control exchange, bound to every cancel."""
+
+    def __init__(self, settings: BrokerSettings, queue_name: str, on_cancel: OnCancel) -> None:
+        self._settings = settings
+        self._queue_name = queue_name
+        self._on_cancel = on_cancel
+        self._queue: AbstractQueue | None = None  # strong reference: restored on reconnect
+
+    async def start(self, channel: AbstractChannel) -> None:
+        exchange = await declare_control_exchange(channel, self._settings)
+        # A name of our own: a robust channel redeclares it after a reconnect, which it
+        # could not do with a server-named (amq.gen-*) queue.
+        queue = await channel.declare_queue(self._queue_name, exclusive=True, auto_delete=True)
+        await queue.bind(exchange, routing_key=routing.CANCEL_BINDING)
+        await queue.consume(self._on_message, no_ack=True)
+        self._queue = queue
+        log.info("control_listening", exchange=self._settings.control_exchange, queue=queue.name)
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        cancel = cancel_from_message(message.routing_key or "", message.body)
+        if cancel is not None:
+            log.info("cancel_received", workload_id=cancel.id, reason=cancel.reason)
+            self._on_cancel(cancel)
+
+
+async def publish_cancel(
+    channel: AbstractChannel, settings: BrokerSettings, cancel: CancelRequest
+) -> bool:
+    """Publish a cancel, confirmed and mandatory; False when no worker's queue received it.
+
+    ``channel`` must have publisher confirms and ``on_return_raises=True``.
+    """
+    exchange = await declare_control_exchange(channel, settings)
+    message = aio_pika.Message(
+        body=cancel.to_body(),
+        content_type="application/json",
+        type=CANCEL_MESSAGE_TYPE,
+        correlation_id=cancel.id,
+        message_id=uuid.uuid4().hex,  # aiormq matches a returned message by its id
+        timestamp=time.time(),
+    )
+    try:
+        await exchange.publish(
+            message,
+            routing_key=cancel.routing_key,
+            mandatory=True,
+            timeout=settings.publish_timeout_s,
+        )
+    except aio_pika.exceptions.PublishError:
+        return False
+    return True
+
+
+async def send_cancel(settings: BrokerSettings, workload_id: str, reason: str | None) -> int:
+    """``benchmark-worker cancel ID``: exit 0 when at least one worker's queue got it, else 1."""
+    from service.broker import connect
+
+    cancel = CancelRequest(id=workload_id, reason=reason)
+    connection = await connect(settings, "cancel")
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        routed = await publish_cancel(channel, settings, cancel)
+    if not routed:
+        print(
+            f"no worker is listening on {settings.control_exchange}: cancel of {workload_id} "
+            "reached nobody (a worker started later will run the request)",
+            file=sys.stderr,
+        )
+        return 1
+    log.info("cancel_sent", workload_id=workload_id, exchange=settings.control_exchange)
+    return 0

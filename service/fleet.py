@@ -1,0 +1,251 @@
+"""What a worker does as one node of a fleet: identity, node status, cancel, health, metrics.
+
+The worker owns one :class:`Fleet`. It calls :meth:`Fleet.start` once its connections are up,
+:meth:`Fleet.watch_consumer` once it consumes, runs each benchmark through :meth:`Fleet.run`
+(which makes it cancellable and counts its outcome), and calls :meth:`Fleet.stop` at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
+
+from contracts import (
+    CANCELLED_MESSAGE,
+    BenchmarkRequest,
+    CancelRequest,
+    FinishEvent,
+    ProgressEvent,
+    StartEvent,
+    error_finish,
+)
+from service.config import Settings
+from service.control import CancelledIds, ControlListener
+from service.health import Heartbeat, default_heartbeat_file
+from service.metrics import Metrics
+from service.node import NodeIdentity
+from service.node_status import NodeActivity, NodeStatusPublisher
+
+log = structlog.get_logger()
+
+Emit = Callable[[StartEvent | ProgressEvent], Awaitable[None]]
+Work = Callable[[Emit], Awaitable[FinishEvent]]
+QUEUED_STEP = "queued"
+_CONTROL_PREFETCH = 100
+
+
+@dataclass
+class _Running:
+    workload_id: str
+    task: asyncio.Task[FinishEvent]
+    step: str = "prepare"
+    cancel: CancelRequest | None = None
+
+
+class Fleet:
+    """The fleet side of one worker process."""
+
+    def __init__(self, settings: Settings, cpus: tuple[int, ...]) -> None:
+        self._settings = settings
+        self.identity = NodeIdentity.of_this_process(cpus, settings.node.worker_id)
+        self.node: dict[str, Any] = self.identity.to_dict()
+        self.activity = NodeActivity(self.identity)
+        self.cancelled = CancelledIds(settings.node.cancelled_ttl_s, settings.node.cancelled_max)
+        self.metrics = Metrics(self.node)
+        self.metrics_port: int | None = None
+        self.heartbeat = Heartbeat(
+            heartbeat_path(settings, cpus, self.identity),
+            settings.health.heartbeat_interval_s,
+            self._heartbeat_fields,
+        )
+        self._status: NodeStatusPublisher | None = None
+        self._listener: ControlListener | None = None
+        self._running: _Running | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(
+        self,
+        consume_connection: AbstractRobustConnection,
+        publish_connection: AbstractRobustConnection,
+        events: AbstractExchange,
+    ) -> None:
+        """Metrics endpoint, control queue, first node status; the heartbeat says 'starting'."""
+        self.heartbeat.write("starting")
+        if self._settings.metrics.port is not None:
+            self.metrics_port = self.metrics.serve(
+                self._settings.metrics.host, self._settings.metrics.port
+            )
+        for name, connection in (("consume", consume_connection), ("publish", publish_connection)):
+            connection.reconnect_callbacks.add(self._reconnected_callback(name))
+        control_channel = await consume_connection.channel()
+        await control_channel.set_qos(prefetch_count=_CONTROL_PREFETCH)
+        queue_name = (
+            f"{self._settings.broker.control_exchange}.{self.identity.node_id}"
+            f".{uuid.uuid4().hex[:8]}"
+        )
+        self._listener = ControlListener(self._settings.broker, queue_name, self._on_cancel)
+        await self._listener.start(control_channel)
+        self._status = NodeStatusPublisher(
+            self.activity,
+            events,
+            self._settings.node.status_interval_s,
+            self._settings.broker.publish_timeout_s,
+        )
+        self._status.start()  # publishes the first status at once
+
+    def watch_consumer(self, channel: AbstractChannel, consumer_tag: str) -> None:
+        """The worker consumes now: the heartbeat follows that consumer from here on."""
+
+        async def consuming() -> bool:
+            if channel.is_closed:
+                return False
+            underlay = await channel.get_underlay_channel()
+            return consumer_tag in underlay.consumers
+
+        self.heartbeat.watch(consuming)
+
+    def stopping(self) -> None:
+        """The worker no longer consumes (shutdown): check fails from now on."""
+        self.activity.state = "stopping"
+        self.heartbeat.write("stopping")
+        if self._status is not None:
+            self._status.publish_soon()
+
+    async def stop(self) -> None:
+        """The last node status (``stopped``) and heartbeat; close the metrics endpoint."""
+        self.activity.state = "stopped"
+        self.activity.workload_id = None
+        if self._status is not None:
+            await self._status.stop()
+        await self.heartbeat.stop("stopped")
+        self.metrics.close()
+
+    # -- one request -------------------------------------------------------------------------
+
+    async def run(
+        self, request: BenchmarkRequest, run_id: str, work: Work, inner_emit: Emit
+    ) -> FinishEvent:
+        """Run ``work(emit)`` as a cancellable task; a cancel ends it with the 'cancelled' finish.
+
+        ``emit`` passes start and progress events on to ``inner_emit``, noting the step.
+        A request whose id was cancelled before it arrived is not run at all.
+        """
+        if request.id in self.cancelled:
+            log.info("cancelled_request_dropped", workload_id=request.id)
+            self._count("cancelled")
+            return self._cancelled_finish(request.id, run_id, QUEUED_STEP, None)
+        steps = [f"{role}/{mode}" for role, _, mode in request.steps()]
+        running: _Running
+
+        async def emit(event: StartEvent | ProgressEvent) -> None:
+            if isinstance(event, StartEvent):
+                running.step = steps[0]
+            else:
+                running.step = steps[min(event.data.current_step, len(steps) - 1)]
+            await inner_emit(event)
+
+        task = asyncio.create_task(work(emit))
+        running = self._running = _Running(request.id, task)
+        started = time.monotonic()
+        self._set_busy(request.id)
+        try:
+            finish = await task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if running.cancel is None or (current is not None and current.cancelling()):
+                self._count("requeued")
+                raise
+            finish = self._cancelled_finish(request.id, run_id, running.step, running.cancel)
+        finally:
+            self._running = None
+            self._set_idle()
+        outcome = self._outcome(finish)
+        self._count(outcome)
+        self.metrics.duration.labels(outcome=outcome).observe(time.monotonic() - started)
+        if outcome == "success":
+            self.metrics.last_success.set_to_current_time()
+        return finish
+
+    def request_rejected(self) -> None:
+        self._count("rejected")
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _on_cancel(self, cancel: CancelRequest) -> None:
+        self.cancelled.add(cancel.id, cancel.reason)
+        running = self._running
+        if running is None or running.workload_id != cancel.id or running.cancel is not None:
+            return
+        log.info("workload_cancelling", workload_id=cancel.id, step=running.step)
+        running.cancel = cancel
+        running.task.cancel()  # launch.run_instances kills the runners' process group
+
+    def _cancelled_finish(
+        self, workload_id: str, run_id: str, step: str, cancel: CancelRequest | None
+    ) -> FinishEvent:
+        reason = cancel.reason if cancel is not None else self.cancelled.reason(workload_id)
+        extra: dict[str, Any] = {"run_id": run_id, "node": self.node, "reason": "cancelled"}
+        if reason:
+            extra["cancel_reason"] = reason
+        return error_finish(workload_id, CANCELLED_MESSAGE, step, **extra)
+
+    @staticmethod
+    def _outcome(finish: FinishEvent) -> str:
+        if finish.ok:
+            return "success"
+        return "cancelled" if finish.data.message == CANCELLED_MESSAGE else "error"
+
+    def _count(self, outcome: str) -> None:
+        self.activity.counts[outcome] += 1
+        self.metrics.requests.labels(outcome=outcome).inc()
+
+    def _set_busy(self, workload_id: str) -> None:
+        self.activity.state, self.activity.workload_id = "busy", workload_id
+        self.metrics.busy.set(1)
+        self._status_changed()
+
+    def _set_idle(self) -> None:
+        if self.activity.state == "busy":
+            self.activity.state = "idle"
+        self.activity.workload_id = None
+        self.metrics.busy.set(0)
+        self._status_changed()
+
+    def _status_changed(self) -> None:
+        self.heartbeat.write(self.heartbeat.state)
+        if self._status is not None:
+            self._status.publish_soon()
+
+    def _heartbeat_fields(self) -> dict[str, Any]:
+        return {
+            "node_id": self.identity.node_id,
+            "busy": self.activity.state == "busy",
+            "workload_id": self.activity.workload_id,
+            "metrics_port": self.metrics_port,
+        }
+
+    def _reconnected_callback(self, name: str) -> Callable[..., None]:
+        def reconnected(*_: object) -> None:
+            log.warning("broker_reconnected", connection=name)
+            self.metrics.reconnects.labels(connection=name).inc()
+
+        return reconnected
+
+
+def heartbeat_path(
+    settings: Settings, cpus: tuple[int, ...], identity: NodeIdentity | None = None
+) -> Path:
+    """The heartbeat file of the worker these settings describe (``run`` and ``check``)."""
+    if settings.health.heartbeat_file is not None:
+        return settings.health.heartbeat_file
+    identity = identity or NodeIdentity.of_this_process(cpus, settings.node.worker_id)
+    return default_heartbeat_file(settings.worker.workspace, identity.node_id)
