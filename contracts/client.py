@@ -30,9 +30,9 @@ Or follow every event as it comes::
                 print(event.subject, event.data.model_dump().get("progress"))
 
 The event queue is bound before the request is published, so no event is missed. The client
-declares nothing differently from the worker: it checks that the requests queue exists (or,
-with ``declare_requests_queue=True``, declares it with the worker's exact arguments from
-:func:`contracts.routing.request_queue_arguments`), and declares the events and control
+declares nothing differently from the worker: it checks that the requests queue exists (and,
+with ``create_missing_queue=True``, declares a missing one with the worker's exact arguments
+from :func:`contracts.routing.request_queue_arguments`), and declares the events and control
 exchanges as the durable topic exchanges they are.
 """
 
@@ -221,18 +221,19 @@ class BenchmarkClient:
         events_exchange: str = EVENTS_EXCHANGE,
         control_exchange: str = CONTROL_EXCHANGE,
         publish_timeout_s: float = 30.0,
-        declare_requests_queue: bool = False,
+        create_missing_queue: bool = False,
         dead_letter_exchange: str = DEAD_LETTER_EXCHANGE,
         delivery_limit: int = DEFAULT_DELIVERY_LIMIT,
     ) -> None:
-        """``declare_requests_queue``: declare the queue (with ``dead_letter_exchange`` and
-        ``delivery_limit``, which must then equal the worker's) instead of checking it exists."""
+        """``create_missing_queue``: when the requests queue does not exist yet, declare it with
+        ``dead_letter_exchange`` and ``delivery_limit`` (give the worker's: it declares the queue
+        with its own, and RabbitMQ refuses different ones); an existing queue is left as it is."""
         self._connection = connection
         self.requests_queue = requests_queue
         self.events_exchange = events_exchange
         self.control_exchange = control_exchange
         self.publish_timeout_s = publish_timeout_s
-        self._declare = declare_requests_queue
+        self._create_missing = create_missing_queue
         self._queue_arguments = request_queue_arguments(dead_letter_exchange, delivery_limit)
         self._channel: AbstractChannel | None = None
         self._events: AbstractExchange | None = None
@@ -252,34 +253,38 @@ class BenchmarkClient:
             yield client
 
     async def open(self) -> None:
-        """Open the channel; check (or declare) the requests queue; declare the events exchange."""
-        await self._check_requests_queue()
+        """Open the channel; check the requests queue (or create it); declare the events exchange.
+
+        Raises :class:`QueueMissing` when the queue does not exist and may not be created.
+        """
+        exists = await self._requests_queue_exists()
+        if not exists and not self._create_missing:
+            raise QueueMissing(
+                f"queue {self.requests_queue!r} does not exist: start a worker first (it "
+                "declares the queue), or pass create_missing_queue=True with the worker's "
+                "delivery_limit and dead_letter_exchange"
+            )
         self._channel = await self._connection.channel(
             publisher_confirms=True, on_return_raises=True
         )
         self._events = await self._channel.declare_exchange(
             self.events_exchange, aio_pika.ExchangeType.TOPIC, durable=True
         )
-        if self._declare:
+        if not exists:
             await self._channel.declare_queue(
                 self.requests_queue, durable=True, arguments=self._queue_arguments
             )
 
-    async def _check_requests_queue(self) -> None:
-        if self._declare:
-            return
+    async def _requests_queue_exists(self) -> bool:
         probe = await self._connection.channel()  # a failed passive declare closes it
         try:
             await probe.declare_queue(self.requests_queue, passive=True)
         except aiormq.exceptions.ChannelNotFoundEntity:
-            raise QueueMissing(
-                f"queue {self.requests_queue!r} does not exist: start a worker first (it "
-                "declares the queue), or pass declare_requests_queue=True with the worker's "
-                "delivery_limit and dead_letter_exchange"
-            ) from None
+            return False
         finally:
             if not probe.is_closed:
                 await probe.close()
+        return True
 
     async def close(self) -> None:
         """Close the channel (the connection is the caller's)."""

@@ -4,66 +4,145 @@ Throughput across instances is measured over one common window: every instance s
 same instant (the barrier), and the window ends when the first instance stops, so every
 instance was running through all of it. Aggregate throughput = samples completed by all
 instances inside the window / the window's length.
+
+Latency figures are over every timed batch of every instance (per-batch latency, ms).
+Percentiles by nearest rank, each with its sample count and floor (:mod:`service.stats`).
+
+Confidence intervals (95%, bootstrap, :mod:`service.stats`):
+
+* throughput: each instance's inter-completion intervals inside the common window (time from
+  the window start to its first completion, then between completions) are resampled in
+  moving blocks; a replicate is Σ over instances of ``batch_size / mean interval``. Intervals,
+  not latencies, because throughput also pays for the time between calls.
+* median latency: each instance's latency series resampled in moving blocks, pooled, median.
+* speedup: optimized over input throughput replicates (independent runs, seeds per model).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from statistics import fmean, median
 from typing import Any
 
-from service.runner.protocol import RunnerResult
+import numpy as np
 
-PERCENTILES = (50.0, 90.0, 99.0)
+from service import stats
+from service.runner.protocol import PerformanceResult, RunnerResult
+
+PERCENTILES = (50.0, 90.0, 99.0, 99.9)
 STRAGGLER_RATIO = 0.8  # an instance below 80% of the median instance throughput is flagged
-PERCENTILE_METHOD = "nearest-rank"
+PERCENTILE_METHOD = stats.PERCENTILE_METHOD
+ROLE_SEEDS = {"input_model": stats.BOOTSTRAP_SEED, "optimized_model": stats.BOOTSTRAP_SEED + 1}
 
 
-def percentile(sorted_values: Sequence[float], pct: float) -> float:
-    """Nearest-rank percentile of already sorted values (``pct`` in 0..100)."""
-    if not sorted_values:
-        raise ValueError("percentile of no values")
-    rank = max(1, math.ceil(pct / 100.0 * len(sorted_values)))
-    return sorted_values[rank - 1]
+def percentile_key(pct: float) -> str:
+    """``latency_ms_p50``, ``latency_ms_p99``, ``latency_ms_p999`` (no dot in a JSON key)."""
+    return "latency_ms_p" + f"{pct:g}".replace(".", "")
 
 
-def summarize_performance(results: Sequence[RunnerResult], batch_size: int) -> dict[str, Any]:
-    """The step's performance figures from each instance's raw timings."""
+def _round(value: float | None, digits: int = 4) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def _common_window(perfs: Sequence[PerformanceResult]) -> tuple[float, float]:
+    start_s = max(p.window_start_s for p in perfs)
+    end_s = min(p.batch_end_times_s[-1] for p in perfs)
+    if end_s - start_s <= 0:
+        raise ValueError("the common measurement window is empty")
+    return start_s, end_s
+
+
+def _window_intervals(perf: PerformanceResult, start_s: float, end_s: float) -> np.ndarray:
+    """Inter-completion intervals of one instance inside the window, the first from its start."""
+    ends = np.asarray(perf.batch_end_times_s)
+    inside = ends[(ends > start_s) & (ends <= end_s)]
+    return np.diff(np.concatenate(([start_s], inside)))
+
+
+def _perfs(results: Sequence[RunnerResult]) -> list[PerformanceResult]:
     perfs = [r.performance for r in results]
     if not results or any(p is None or not p.batch_end_times_s for p in perfs):
         raise ValueError("an instance measured nothing")
-    window_start_s = max(p.window_start_s for p in perfs if p)
-    window_end_s = min(p.batch_end_times_s[-1] for p in perfs if p)
+    return [p for p in perfs if p is not None]
+
+
+def throughput_replicates(
+    results: Sequence[RunnerResult], batch_size: int, seed: int = stats.BOOTSTRAP_SEED
+) -> np.ndarray | None:
+    """Bootstrap replicates of the step's aggregate throughput (None: too few completions)."""
+    perfs = _perfs(results)
+    start_s, end_s = _common_window(perfs)
+    intervals = [_window_intervals(p, start_s, end_s) for p in perfs]
+    return stats.throughput_replicates(intervals, batch_size, seed=seed)
+
+
+def summarize_performance(
+    results: Sequence[RunnerResult], batch_size: int, seed: int = stats.BOOTSTRAP_SEED
+) -> dict[str, Any]:
+    """The step's performance figures from each instance's raw timings."""
+    perfs = _perfs(results)
+    window_start_s, window_end_s = _common_window(perfs)
     window_s = window_end_s - window_start_s
-    if window_s <= 0:
-        raise ValueError("the common measurement window is empty")
     in_window = sum(
-        sum(1 for end in p.batch_end_times_s if window_start_s < end <= window_end_s)
-        for p in perfs
-        if p
+        sum(1 for end in p.batch_end_times_s if window_start_s < end <= window_end_s) for p in perfs
     )
-    latencies = sorted(ms for p in perfs if p for ms in p.batch_latencies_ms)
+    latencies = sorted(ms for p in perfs for ms in p.batch_latencies_ms)
     per_instance = [_instance_figures(r, batch_size) for r in results]
     _flag_stragglers(per_instance)
     instance_means = [i["latency_ms_mean"] for i in per_instance]
+    figures = [stats.percentile_figure(latencies, pct) for pct in PERCENTILES]
+    spread = stats.spread(latencies)
+    replicates = throughput_replicates(results, batch_size, seed)
+    median_ci = stats.median_interval([p.batch_latencies_ms for p in perfs], seed=seed)
+    reasons = {p.stop_reason for p in perfs}
     return {
         "throughput_samples_per_s": round(in_window * batch_size / window_s, 4),
+        "throughput_ci95": _rounded_pair(
+            None if replicates is None else stats.interval(replicates)
+        ),
         "latency_ms": round(fmean(instance_means), 4),
-        "latency_ms_mean": round(fmean(latencies), 4),
-        **{f"latency_ms_p{pct:g}": round(percentile(latencies, pct), 4) for pct in PERCENTILES},
+        "latency_ms_mean": round(spread.mean, 4),
+        "latency_ms_std": _round(spread.std),
+        "latency_ms_median": round(spread.median, 4),
+        "latency_ms_median_ci95": _rounded_pair(median_ci),
+        **{percentile_key(f.percentile): _round(f.value) for f in figures},
+        "latency_percentiles": [
+            {
+                "percentile": f.percentile,
+                "value_ms": _round(f.value),
+                "status": f.status,
+                "samples": f.samples,
+                "min_samples": f.min_samples,
+            }
+            for f in figures
+        ],
+        "latency_cv": _round(spread.cv),
+        "latency_iqr_over_median": _round(spread.iqr_over_median),
         "latency_samples": len(latencies),
         "percentile_method": PERCENTILE_METHOD,
+        "bootstrap": {
+            "method": stats.BOOTSTRAP_METHOD,
+            "resamples": stats.BOOTSTRAP_RESAMPLES,
+            "confidence": stats.BOOTSTRAP_CONFIDENCE,
+            "seed": seed,
+        },
         "window_s": round(window_s, 6),
         "samples_in_window": in_window * batch_size,
+        "stop_reason": reasons.pop() if len(reasons) == 1 else "mixed",
         "per_instance": per_instance,
+        "costs": _costs(results),
     }
+
+
+def _rounded_pair(pair: tuple[float, float] | None, digits: int = 4) -> list[float] | None:
+    return None if pair is None else [round(pair[0], digits), round(pair[1], digits)]
 
 
 def _instance_figures(result: RunnerResult, batch_size: int) -> dict[str, Any]:
     perf = result.performance
     assert perf is not None
     own_window_s = perf.batch_end_times_s[-1] - perf.window_start_s
+    window = perf.cpu_window
     return {
         "instance": result.instance,
         "pid": result.pid,
@@ -77,10 +156,31 @@ def _instance_figures(result: RunnerResult, batch_size: int) -> dict[str, Any]:
         ),
         "latency_ms_mean": round(fmean(perf.batch_latencies_ms), 4),
         "stop_reason": perf.stop_reason,
+        "warmup_iterations": result.warmup_iterations,
+        "warmup_s": _round(result.warmup_s),
         "load_time_s": result.load_time_s,
         "first_inference_s": result.first_inference_s,
         "peak_rss_bytes": result.peak_rss_bytes,
+        "cpu_window": None
+        if window is None
+        else window.model_dump(mode="json", exclude={"busy_ticks", "steal_ticks", "total_ticks"}),
         "straggler": False,
+    }
+
+
+def _costs(results: Sequence[RunnerResult]) -> dict[str, Any]:
+    """What running the model cost besides time per call (the model's size is added later)."""
+
+    def largest(values: list[float | int | None]) -> float | int | None:
+        known = [v for v in values if v is not None]
+        return max(known) if known else None
+
+    rss = [r.peak_rss_bytes for r in results]
+    return {
+        "load_time_s": _round(largest([r.load_time_s for r in results])),  # type: ignore[arg-type]
+        "first_inference_s": _round(largest([r.first_inference_s for r in results])),  # type: ignore[arg-type]
+        "peak_rss_bytes_per_instance": rss,
+        "peak_rss_bytes_max": largest(rss),  # type: ignore[arg-type]
     }
 
 
@@ -103,7 +203,21 @@ def summarize_accuracy(result: RunnerResult) -> dict[str, Any]:
         "metric": f"top{acc.topk}",
         "load_time_s": result.load_time_s,
         "peak_rss_bytes": result.peak_rss_bytes,
+        "costs": _costs([result]),
     }
+
+
+def speedup_interval(
+    input_results: Sequence[RunnerResult],
+    optimized_results: Sequence[RunnerResult],
+    batch_size: int,
+) -> list[float] | None:
+    """95% interval of optimized/input throughput, from each step's bootstrap replicates."""
+    base = throughput_replicates(input_results, batch_size, ROLE_SEEDS["input_model"])
+    new = throughput_replicates(optimized_results, batch_size, ROLE_SEEDS["optimized_model"])
+    if base is None or new is None:
+        return None
+    return _rounded_pair(stats.ratio_interval(new, base))
 
 
 def pinning_mismatches(results: Sequence[RunnerResult]) -> list[str]:

@@ -1,4 +1,5 @@
-"""``benchmark-worker``: run | check | cancel | bench | submit | schema | sample-models | plan."""
+"""``benchmark-worker``: run | check | cancel | bench | submit | schema | report | sample-models
+| plan."""
 
 from __future__ import annotations
 
@@ -58,9 +59,18 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait (--wait)")
     submit.add_argument("--config", type=Path, help="worker config YAML (queue names, URL)")
     submit.add_argument("--amqp-url", help="broker URL (default: $AMQP_URL or localhost)")
+    submit.add_argument(
+        "--json", action="store_true", help="JSON lines even on a terminal (the default when piped)"
+    )
 
     schema = verbs.add_parser("schema", help="write the JSON Schemas and the AsyncAPI document")
     schema.add_argument("directory", type=Path, help="where to write them (contracts/schemas)")
+
+    report = verbs.add_parser("report", help="an HTML page comparing the two models of a result")
+    report.add_argument("path", type=Path, help="a result.json or a workload directory")
+    report.add_argument(
+        "-o", "--output", type=Path, help="HTML file to write (default: report.html beside it)"
+    )
 
     samples = verbs.add_parser("sample-models", help="write a small real model pair and request")
     samples.add_argument("directory", type=Path)
@@ -127,6 +137,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         for path in write_schemas(args.directory):
             print(path)
         return EXIT_OK
+    if args.verb == "report":
+        from service.report import write_report
+
+        print(write_report(args.path, args.output))
+        return EXIT_OK
     if args.verb == "plan":
         from service.cpulist import parse_cpu_list
 
@@ -153,7 +168,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.verb == "submit":
         from service.submit import submit
 
-        return asyncio.run(submit(read_request(args.request), settings, args.wait, args.timeout))
+        request = read_request(args.request)
+        return asyncio.run(submit(request, settings, args.wait, args.timeout, args.json))
     raise AssertionError(args.verb)
 
 

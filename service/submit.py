@@ -1,67 +1,229 @@
-"""Publishing a request, and following its events to the finish."""
+"""``benchmark-worker submit``: publish a request with the contracts' client, follow its events.
+
+On a terminal, ``--wait`` shows live progress per step and then the comparison table; piped
+(or with ``--json``) it prints each event as one JSON line. The exit code is the finish's: 0 for
+success, 1 for an error finish or no finish within ``--timeout``.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import sys
+import time
+from contextlib import AbstractAsyncContextManager
+from typing import Any, TextIO
 
-import aio_pika
 import structlog
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+from rich.text import Text
 
-from contracts import BenchmarkRequest, FinishEvent, parse_event, workload_binding
-from service.broker import connect, declare_topology
+from contracts import AnyEvent, BenchmarkRequest, FinishEvent, ProgressEvent, StartEvent
+from contracts.client import BenchmarkClient
 from service.config import Settings
+from service.summary import ROLE_LABELS, comparison_rows, step_figures
 
 log = structlog.get_logger()
 
+EXIT_OK, EXIT_FAILED = 0, 1
+
+
+def _client(settings: Settings) -> AbstractAsyncContextManager[BenchmarkClient]:
+    """A connected client with the worker's names and queue arguments (an async context)."""
+    broker = settings.broker
+    return BenchmarkClient.connect(
+        broker.url.get_secret_value(),
+        requests_queue=broker.requests_queue,
+        events_exchange=broker.events_exchange,
+        control_exchange=broker.control_exchange,
+        publish_timeout_s=broker.publish_timeout_s,
+        create_missing_queue=True,
+        dead_letter_exchange=broker.dead_letter_exchange,
+        delivery_limit=broker.delivery_limit,
+    )
+
 
 async def submit(
-    request: BenchmarkRequest, settings: Settings, wait: bool, timeout_s: float
+    request: BenchmarkRequest,
+    settings: Settings,
+    wait: bool,
+    timeout_s: float,
+    json_lines: bool = False,
+    stdout: TextIO | None = None,
 ) -> int:
-    """Publish ``request`` (confirmed, persistent); with ``wait``, print events to the finish.
+    """Publish ``request`` (confirmed, persistent, mandatory); with ``wait``, follow it.
 
     The event queue is bound before the request is published, so no event can be missed.
-    Exit code: 0 when published (or finished with success), 1 on an error finish or time-out.
+    ``json_lines`` (or a stdout that is not a terminal) prints one JSON line per event instead
+    of the progress display. Returns the exit code.
     """
-    broker = settings.broker
-    connection = await connect(broker, "submit")
-    async with connection:
-        channel = await connection.channel(publisher_confirms=True)
-        await declare_topology(channel, broker)
-        events_queue = None
-        if wait:
-            events = await channel.get_exchange(broker.events_exchange)
-            events_queue = await channel.declare_queue(exclusive=True, auto_delete=True)
-            await events_queue.bind(events, routing_key=workload_binding(request.id))
-        await channel.default_exchange.publish(
-            aio_pika.Message(
-                body=request.to_body(),
-                content_type="application/json",
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                message_id=request.id,
-            ),
-            routing_key=broker.requests_queue,
-            mandatory=True,
-            timeout=broker.publish_timeout_s,
+    out = sys.stdout if stdout is None else stdout
+    human = not json_lines and out.isatty()
+    async with _client(settings) as client:
+        if not wait:
+            await client.publish(request)
+            log.info("request_submitted", workload_id=request.id, queue=client.requests_queue)
+            if human:
+                Console(file=out).print(
+                    f"submitted [bold]{request.id}[/] to {client.requests_queue}"
+                )
+            return EXIT_OK
+        async with await client.submit(request) as stream:
+            view: _View = _Terminal(request, client.requests_queue, out) if human else _Lines(out)
+            try:
+                with view:
+                    finish = await stream.wait(timeout_s, on_event=view.show)
+            except TimeoutError:
+                print(
+                    f"no benchmark_finish for {request.id} within {timeout_s:g} s", file=sys.stderr
+                )
+                return EXIT_FAILED
+    view.conclude(finish)
+    return EXIT_OK if finish.ok else EXIT_FAILED
+
+
+class _View:
+    """How events are shown: a context manager around the wait."""
+
+    def __enter__(self) -> _View:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def show(self, event: AnyEvent) -> None:
+        raise NotImplementedError
+
+    def conclude(self, finish: FinishEvent) -> None:
+        return None
+
+
+class _Lines(_View):
+    """Piped: each event as one JSON line, flushed at once (``jq``, ``tee`` and scripts)."""
+
+    def __init__(self, out: TextIO) -> None:
+        self._out = out
+
+    def show(self, event: AnyEvent) -> None:
+        self._out.write(event.to_body().decode() + "\n")
+        self._out.flush()
+
+
+class _Terminal(_View):
+    """A terminal: a progress bar named after the running step, then the comparison table."""
+
+    def __init__(self, request: BenchmarkRequest, queue: str, out: TextIO) -> None:
+        self._steps = [f"{role} · {mode}" for role, _, mode in request.steps()]
+        self._console = Console(file=out, highlight=False)
+        self._progress = Progress(
+            SpinnerColumn(),
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("steps"),
+            TimeElapsedColumn(),
+            console=self._console,
         )
-        log.info("request_submitted", workload_id=request.id, queue=broker.requests_queue)
-        if events_queue is None:
-            return 0
-        try:
-            finish = await asyncio.wait_for(_print_until_finish(events_queue), timeout_s)
-        except TimeoutError:
-            print(f"no finish for {request.id} within {timeout_s:g} s", file=sys.stderr)
-            return 1
-        return 0 if finish.ok else 1
+        self._task: TaskID | None = None
+        self._queue = queue
+        self._request_id = request.id
+        self._step_started = time.monotonic()
+
+    def __enter__(self) -> _Terminal:
+        self._console.print(f"submitted [bold]{self._request_id}[/] to {self._queue}")
+        self._progress.start()
+        self._task = self._progress.add_task("waiting for a worker", total=len(self._steps))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def show(self, event: AnyEvent) -> None:
+        assert self._task is not None
+        if isinstance(event, StartEvent):
+            node = event.data.node
+            where = f" on {node.hostname} (CPUs {node.cpus})" if node else ""
+            self._console.print(f"started{where}")
+            self._step_started = time.monotonic()
+            self._progress.update(self._task, description=self._steps[0])
+        elif isinstance(event, ProgressEvent):
+            done = event.data.current_step
+            now = time.monotonic()
+            name = self._steps[done - 1] if done <= len(self._steps) else f"step {done}"
+            figure = _step_headline(event.data.model_dump(), done, self._steps)
+            self._console.print(
+                f"[green]✓[/] {name}  {figure}  [dim]{now - self._step_started:.1f} s[/]"
+            )
+            self._step_started = now
+            following = self._steps[done] if done < len(self._steps) else "finishing"
+            self._progress.update(self._task, completed=done, description=following)
+        elif isinstance(event, FinishEvent):
+            self._progress.update(self._task, description="done" if event.ok else "failed")
+
+    def conclude(self, finish: FinishEvent) -> None:
+        data = finish.data.model_dump()
+        if not finish.ok:
+            self._console.print(
+                f"[bold red]✗ failed at {data.get('step')}:[/] {data.get('message')}"
+            )
+            return
+        self._console.print(comparison_table(data))
+        for line in comparison_notes(data):
+            self._console.print(line)
 
 
-async def _print_until_finish(queue: aio_pika.abc.AbstractQueue) -> FinishEvent:
-    async with queue.iterator() as messages:
-        async for message in messages:
-            async with message.process():
-                event = parse_event(message.body)
-                sys.stdout.write(message.body.decode() + "\n")
-                sys.stdout.flush()
-                if isinstance(event, FinishEvent):
-                    return event
-    raise ConnectionError("the event stream ended before the finish event")
+def _step_headline(data: dict[str, Any], done: int, steps: list[str]) -> str:
+    """The figure a finished step measured: throughput and p50, or accuracy."""
+    if done > len(steps):
+        return ""
+    role, mode = steps[done - 1].split(" · ")
+    figures = step_figures(data, role, mode)
+    if mode == "performance":
+        throughput, p50 = figures.get("throughput_samples_per_s"), figures.get("latency_ms_p50")
+        text = f"{throughput:,.1f} samples/s" if isinstance(throughput, int | float) else ""
+        return text + (f", p50 {p50:.3f} ms" if isinstance(p50, int | float) else "")
+    accuracy = figures.get("accuracy", data.get(f"acc_{role}"))
+    return f"accuracy {accuracy:.4f}" if isinstance(accuracy, int | float) else ""
+
+
+def comparison_table(data: dict[str, Any]) -> Table:
+    """The rich table of :func:`service.summary.comparison_rows`: input versus optimized."""
+    table = Table(title=f"{data.get('id')}: input versus optimized", title_justify="left")
+    table.add_column("")
+    table.add_column(ROLE_LABELS["input_model"], justify="right")
+    table.add_column(ROLE_LABELS["optimized_model"], justify="right")
+    table.add_column("change", justify="right")
+    for row in comparison_rows(data):
+        improved = row.improved()
+        style = "" if improved is None else ("green" if improved else "red")
+        table.add_row(row.label, *row.cells(), Text(row.change_text(), style=style))
+    return table
+
+
+def comparison_notes(data: dict[str, Any]) -> list[str]:
+    """Lines under the table: speedup (with its interval) and accuracy delta, then the verdict."""
+    rows = {row.key: row for row in comparison_rows(data)}
+    speedup = f"speedup {rows['throughput'].change_text()} (optimized/input throughput"
+    interval = data.get("speedup_ci95")
+    if isinstance(interval, list) and len(interval) == 2:
+        speedup += f"; 95% interval {interval[0]:.3f} to {interval[1]:.3f}"
+    lines = [f"{speedup})", f"accuracy delta {rows['accuracy'].change_text()} (optimized - input)"]
+    verdict = data.get("verdict")
+    if isinstance(verdict, dict) and "status" in verdict:
+        style = "green" if verdict["status"] == "valid" else "bold red"
+        lines.append(f"verdict: [{style}]{escape(str(verdict['status']))}[/]")
+        for kind in ("reasons", "warnings"):
+            for item in verdict.get(kind) or []:
+                if isinstance(item, dict):
+                    where = f"{item['step']}: " if item.get("step") else ""
+                    lines.append(f"  {kind[:-1]}: {escape(where + str(item.get('message', '')))}")
+    return lines

@@ -1,41 +1,134 @@
-"""A side-by-side text summary of a finish event: input model versus optimized model.
+"""Input model versus optimized model: the comparison shown by ``submit --wait`` and ``report``.
+
+One place decides which figures are compared and how they are formatted, so the terminal table,
+the HTML report and the plain-text summary always agree.
 
 ``python -m service.summary EVENTS.jsonl`` prints the table for the last finish in the file.
+
+>>> data = {"perf_throughput_input_model": 100.0, "perf_throughput_optimized_model": 250.0,
+...         "speedup": 2.5, "acc_input_model": 0.75, "acc_optimized_model": 0.7488,
+...         "accuracy_delta": -0.0012}
+>>> rows = comparison_rows(data)
+>>> for row in rows:
+...     print(row.label, row.cells(), row.change_text())
+throughput (samples/s) ('100.0', '250.0') ×2.50
+latency p50 (ms) ('-', '-') -
+latency p99 (ms) ('-', '-') -
+accuracy ('0.7500', '0.7488') -0.0012
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
 from contracts import FinishEvent, parse_event
 
-ROWS = (
-    ("throughput (samples/s)", "perf_throughput_{role}", "{:,.1f}"),
-    ("latency mean (ms)", "perf_latency_{role}", "{:.3f}"),
-    ("accuracy", "acc_{role}", "{:.4f}"),
-)
+ROLES = ("input_model", "optimized_model")
+ROLE_LABELS = {"input_model": "input model", "optimized_model": "optimized model"}
+MISSING = "-"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One compared figure: its value for each model and the optimized model's change."""
+
+    key: str
+    label: str
+    input_model: float | None
+    optimized_model: float | None
+    fmt: str
+    change: float | None
+    change_kind: Literal["ratio", "delta"]
+    better: Literal["higher", "lower"]
+
+    def cells(self) -> tuple[str, str]:
+        """The two values, formatted; ``-`` where a model was not measured."""
+        return (_format(self.fmt, self.input_model), _format(self.fmt, self.optimized_model))
+
+    def change_text(self) -> str:
+        """``×2.50`` for a ratio (optimized/input), ``+0.0012`` for a delta; ``-`` if unknown."""
+        if self.change is None:
+            return MISSING
+        return f"×{self.change:.2f}" if self.change_kind == "ratio" else f"{self.change:+.4f}"
+
+    def improved(self) -> bool | None:
+        """Whether the optimized model is better on this figure (None when unknown)."""
+        neutral = 1.0 if self.change_kind == "ratio" else 0.0
+        if self.change is None or self.change == neutral:
+            return None
+        return self.change > neutral if self.better == "higher" else self.change < neutral
+
+
+def _format(fmt: str, value: float | None) -> str:
+    return MISSING if value is None else fmt.format(value)
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def step_figures(data: Mapping[str, Any], role: str, mode: str) -> Mapping[str, Any]:
+    """``execution_details.<role>_benchmark.<mode>``, or an empty mapping."""
+    details = data.get("execution_details") or {}
+    step = (details.get(f"{role}_benchmark") or {}).get(mode)
+    return step if isinstance(step, Mapping) else {}
+
+
+def comparison_rows(data: Mapping[str, Any]) -> list[Row]:
+    """Throughput, latency p50 and p99, accuracy: input versus optimized, with the change.
+
+    ``data`` is the payload of a successful ``benchmark_finish`` (or a ``result.json``'s).
+    Speedup and accuracy delta are the worker's own figures when it reported them.
+    """
+
+    def both(get: Any) -> tuple[float | None, float | None]:
+        return get("input_model"), get("optimized_model")
+
+    def latency(pct: str) -> Any:
+        return lambda role: _number(
+            step_figures(data, role, "performance").get(f"latency_ms_{pct}")
+        )
+
+    rows = []
+    specs: list[tuple[str, str, Any, str, str, Literal["higher", "lower"]]] = [
+        ("throughput", "throughput (samples/s)",
+         lambda role: _number(data.get(f"perf_throughput_{role}")), "{:,.1f}", "speedup", "higher"),
+        ("latency_p50", "latency p50 (ms)", latency("p50"), "{:.3f}", "", "lower"),
+        ("latency_p99", "latency p99 (ms)", latency("p99"), "{:.3f}", "", "lower"),
+        ("accuracy", "accuracy",
+         lambda role: _number(data.get(f"acc_{role}")), "{:.4f}", "accuracy_delta", "higher"),
+    ]  # fmt: skip
+    for key, label, get, fmt, reported, better in specs:
+        base, new = both(get)
+        kind: Literal["ratio", "delta"] = "delta" if key == "accuracy" else "ratio"
+        change = _number(data.get(reported)) if reported else None
+        if change is None and base is not None and new is not None:
+            if kind == "delta":
+                change = round(new - base, 4)
+            elif base:
+                change = round(new / base, 4)
+        rows.append(Row(key, label, base, new, fmt, change, kind, better))
+    return rows
 
 
 def summary_table(finish: FinishEvent) -> str:
+    """A plain-text comparison table, or what failed."""
     data = finish.data.model_dump()
     if finish.status != "success":
         return f"FAILED at {data.get('step')}: {data.get('message')}"
-    lines = [f"{'':24} {'input model':>14} {'optimized':>14}"]
-    for label, key, fmt in ROWS:
-        cells = []
-        for role in ("input_model", "optimized_model"):
-            value = data.get(key.format(role=role))
-            cells.append(fmt.format(value) if isinstance(value, int | float) else "-")
-        lines.append(f"{label:24} {cells[0]:>14} {cells[1]:>14}")
-    if "speedup" in data:
-        lines.append(f"{'speedup (optimized/input)':24} {data['speedup']:>29.3f}")
-    if "accuracy_delta" in data:
-        lines.append(f"{'accuracy delta':24} {data['accuracy_delta']:>+29.4f}")
+    lines = [f"{'':24} {'input model':>15} {'optimized model':>15} {'change':>9}"]
+    for row in comparison_rows(data):
+        base, new = row.cells()
+        lines.append(f"{row.label:24} {base:>15} {new:>15} {row.change_text():>9}")
     return "\n".join(lines)
 
 
 def last_finish(lines: list[str]) -> FinishEvent | None:
+    """The last ``benchmark_finish`` among JSON lines (other lines are skipped)."""
     finish = None
     for line in lines:
         if line.strip().startswith("{"):
@@ -46,6 +139,7 @@ def last_finish(lines: list[str]) -> FinishEvent | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Print the table of the last finish in a JSON-lines file (or stdin); exit by its status."""
     args = sys.argv[1:] if argv is None else argv
     text = Path(args[0]).read_text() if args else sys.stdin.read()
     finish = last_finish(text.splitlines())

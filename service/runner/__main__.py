@@ -22,8 +22,15 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
-from service.runner.pinning import StepError, observed_cpus, parse_cpus, pin_process
+from service.runner.pinning import (
+    StepError,
+    observed_cpus,
+    parse_cpus,
+    pin_process,
+    runner_thread_environment,
+)
 from service.runner.protocol import RunnerConfig, RunnerError, RunnerModel, RunnerResult
+from service.runner.runlength import RunLength
 
 if TYPE_CHECKING:
     from service.runner.loading import LoadedModel
@@ -115,6 +122,7 @@ def run(args: argparse.Namespace, result: RunnerResult, progress: Progress) -> N
     result.cpus_planned = cpus
     threads = args.threads or len(cpus)
     pin_process(cpus, threads)
+    result.thread_environment = runner_thread_environment()
     result.intra_op_threads = threads
     result.inter_op_threads = 1
     progress.step = "load_config"
@@ -125,6 +133,7 @@ def run(args: argparse.Namespace, result: RunnerResult, progress: Progress) -> N
     import tensorflow as tf
 
     result.tensorflow_version = tf.__version__
+    result.onednn_enabled = _onednn_enabled()
     from service.runner.loading import load_model
 
     progress.step = "load_model"
@@ -176,17 +185,39 @@ def run_performance(
     )
     progress.step = "first_inference"
     result.first_inference_s = performance.first_inference_s(model, feeds)
+    rule = run_length(config)
     progress.step = "warmup"
-    performance.warm_up(model, feeds, config.warmup)
-    result.warmup_iterations = config.warmup
+    result.warmup_iterations, result.warmup_s = performance.warm_up(
+        model, feeds, config.warmup, config.warmup_s
+    )
     if args.sync_dir is not None:
         progress.step = "sync"
         start_at_s = performance.wait_for_go(args.sync_dir, args.instance, config.barrier_timeout_s)
         performance.sleep_until(start_at_s)
     progress.step = "measure"
-    result.performance = performance.measure(
-        model, feeds, iterations=config.iterations, duration_s=config.duration_s
-    )
+    result.performance = performance.measure(model, feeds, rule, cpus=result.cpus_planned)
+
+
+def run_length(config: RunnerConfig) -> RunLength:
+    try:
+        return RunLength(
+            iterations=config.iterations,
+            duration_s=config.duration_s,
+            min_iterations=config.min_iterations,
+            max_duration_s=config.max_duration_s,
+        )
+    except ValueError as exc:
+        raise StepError("load_config", f"run-length settings are not valid: {exc}") from None
+
+
+def _onednn_enabled() -> bool | None:
+    """Whether this TensorFlow build runs oneDNN (MKL) kernels, as TensorFlow reports it."""
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+
+        return bool(_pywrap_util_port.IsMklEnabled())
+    except (ImportError, AttributeError):
+        return None
 
 
 def _dataset_sample_shape(model: LoadedModel, config: RunnerConfig) -> tuple[int, ...] | None:

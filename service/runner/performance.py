@@ -1,7 +1,8 @@
 """Performance mode: time inference calls on synthetic inputs.
 
-Sequence: first call (timed on its own), warmup, optional synchronised start, then the timed
-window. Only the session call is inside the timed region.
+Sequence: first call (timed on its own), warmup (by count and time), optional synchronised
+start, then the timed window, whose length :mod:`service.runner.runlength` decides. Only the
+session call is inside the timed region.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from service.runner import probes
 from service.runner.loading import LoadedModel
 from service.runner.pinning import StepError
 from service.runner.protocol import GO_FILE, READY_FILE_PREFIX, PerformanceResult, TensorInfo
+from service.runner.runlength import RunLength, warmup_done
 
 SEED = 20240229
 INT_HIGH = 10  # synthetic integers are drawn from [0, INT_HIGH)
@@ -100,9 +103,16 @@ def first_inference_s(model: LoadedModel, feeds: Sequence[np.ndarray]) -> float:
     return time.perf_counter() - started
 
 
-def warm_up(model: LoadedModel, feeds: Sequence[np.ndarray], iterations: int) -> None:
-    for _ in range(iterations):
+def warm_up(
+    model: LoadedModel, feeds: Sequence[np.ndarray], iterations: int, min_s: float = 0.0
+) -> tuple[int, float]:
+    """Untimed calls until ``iterations`` are done and ``min_s`` has passed: (calls, seconds)."""
+    started = time.perf_counter()
+    done = 0
+    while not warmup_done(done, time.perf_counter() - started, iterations, min_s):
         call_model(model, feeds, "warmup")
+        done += 1
+    return done, time.perf_counter() - started
 
 
 def wait_for_go(sync_dir: Path, instance: int, timeout_s: float) -> float:
@@ -153,16 +163,20 @@ def sleep_until(target_s: float) -> None:
 def measure(
     model: LoadedModel,
     feeds: Sequence[np.ndarray],
-    *,
-    iterations: int | None,
-    duration_s: float,
+    rule: RunLength,
+    cpus: list[int] | None = None,
 ) -> PerformanceResult:
-    """``iterations`` calls if set, else calls until ``duration_s`` has passed."""
+    """Timed calls until ``rule`` says stop; ``cpus`` are watched for other processes.
+
+    Inside the loop: the call, two clock reads, two appends and the stop check. The /proc and
+    sysfs snapshots are taken just outside it.
+    """
     run = model.run
+    stop_reason = rule.stop_reason
     latencies_ms: list[float] = []
     end_times_s: list[float] = []
+    before = probes.snapshot(cpus) if cpus else None
     window_start_s = time.monotonic()
-    deadline_s = window_start_s + duration_s
     try:
         while True:
             started = time.perf_counter()
@@ -171,18 +185,20 @@ def measure(
             end_s = time.monotonic()
             latencies_ms.append((finished - started) * 1000.0)
             end_times_s.append(end_s)
-            if iterations is not None:
-                if len(latencies_ms) >= iterations:
-                    break
-            elif end_s >= deadline_s:
+            reason = stop_reason(len(latencies_ms), end_s - window_start_s)
+            if reason is not None:
                 break
     except tf.errors.OpError as exc:
         raise StepError("measure", f"inference failed: {op_error_text(exc)}") from None
+    cpu_window = None
+    if cpus and before is not None:
+        cpu_window = probes.window(cpus, before, probes.snapshot(cpus))
     return PerformanceResult(
         window_start_s=window_start_s,
         batch_end_times_s=end_times_s,
         batch_latencies_ms=latencies_ms,
-        stop_reason="iterations" if iterations is not None else "duration",
+        stop_reason=reason,
+        cpu_window=cpu_window,
     )
 
 

@@ -66,6 +66,23 @@ def pin_process(cpus: list[int], threads: int | None = None) -> None:
         os.environ.setdefault(name, value)
 
 
+# TensorFlow's own TF_* variables only: TF_CLI_*, TF_VAR_*, ... belong to Terraform.
+THREAD_VARIABLE_PREFIXES = (
+    "OMP_", "KMP_", "DNNL_", "ONEDNN_", "MKL_", "OPENBLAS_",
+    "TF_ENABLE_", "TF_ONEDNN_", "TF_NUM_", "TF_CPP_", "TF_XLA_", "TF_USE_", "TF_DISABLE_",
+    "TF_DETERMINISTIC_", "TF_INTRA_", "TF_INTER_", "TF_FORCE_", "TF_GPU_",
+)  # fmt: skip
+
+
+def runner_thread_environment() -> dict[str, str]:
+    """The variables that steer threads and oneDNN, as this process has them (for the record)."""
+    return {
+        name: value
+        for name, value in sorted(os.environ.items())
+        if name.startswith(THREAD_VARIABLE_PREFIXES)
+    }
+
+
 def observed_cpus(pid: int) -> list[int]:
     """Sorted union of ``Cpus_allowed_list`` over every thread of ``pid``.
 

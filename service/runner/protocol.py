@@ -58,13 +58,44 @@ class TensorInfo(_Strict):
     dtype: str
 
 
+class CpuWindow(_Strict):
+    """What happened on the instance's CPUs during its timed window (``service.runner.probes``).
+
+    Tick counts are ``/proc/stat`` jiffies (``clock_ticks_per_s`` per second), per CPU.
+    Fractions are None when ``/proc/stat`` could not be read.
+    """
+
+    cpus: list[int]
+    wall_s: float
+    clock_ticks_per_s: int
+    busy_ticks: dict[int, int] = Field(description="user+nice+system+irq+softirq, everyone's")
+    steal_ticks: dict[int, int]
+    total_ticks: dict[int, int]
+    own_cpu_s: float = Field(description="this runner's user+system CPU time in the window")
+    foreign_busy_fraction: float | None = Field(
+        description="(busy - own) / total over the instance's CPUs: other processes' share"
+    )
+    steal_fraction: float | None
+    resolution_fraction: float | None = Field(
+        description="uncertainty of the fractions from tick sampling: (2*cpus + 2) / total"
+    )
+    cpu_busy_fraction: dict[int, float] = Field(description="busy / total per CPU, ours included")
+    freq_khz_start: dict[int, int] = Field(default_factory=dict)
+    freq_khz_end: dict[int, int] = Field(default_factory=dict)
+    freq_khz_max: dict[int, int] = Field(default_factory=dict)
+    throttle_events: dict[int, int] | None = Field(
+        default=None, description="thermal throttle counter increase per CPU; None: not visible"
+    )
+
+
 class PerformanceResult(_Strict):
     """Raw timings of one instance. Times are ``time.monotonic()`` seconds (shared clock)."""
 
     window_start_s: float
     batch_end_times_s: list[float]
     batch_latencies_ms: list[float]
-    stop_reason: str
+    stop_reason: str = Field(description="iterations | duration_and_min_iterations | max_duration")
+    cpu_window: CpuWindow | None = None
 
 
 class AccuracyResult(_Strict):
@@ -96,8 +127,16 @@ class RunnerResult(_Strict):
     load_time_s: float | None = None
     first_inference_s: float | None = None
     warmup_iterations: int = 0
+    warmup_s: float | None = Field(default=None, description="measured length of the warmup")
     peak_rss_bytes: int | None = None
     tensorflow_version: str | None = None
+    onednn_enabled: bool | None = Field(
+        default=None, description="TensorFlow built with oneDNN (MKL) kernels, as it reports"
+    )
+    thread_environment: dict[str, str] = Field(
+        default_factory=dict,
+        description="the runner's threading/oneDNN variables: OMP_*, KMP_*, TF_*, DNNL_*, ...",
+    )
     performance: PerformanceResult | None = None
     accuracy: AccuracyResult | None = None
     error: RunnerError | None = None

@@ -58,6 +58,7 @@ def write_config(
     batch_size: int = 1,
     iterations: int | None = 20,
     duration_s: float = 1.0,
+    **run_length: float,
 ) -> Path:
     workload.mkdir(parents=True, exist_ok=True)
     model = RunnerModel(path=str(model_path), precision="fp32", format=model_format)
@@ -65,11 +66,11 @@ def write_config(
         id="test",
         models={"input_model": model},
         batch_size=batch_size,
-        warmup=3,
         iterations=iterations,
         duration_s=duration_s,
         dataset=None if dataset is None else str(dataset),
         barrier_timeout_s=60,
+        **{"warmup": 3, **run_length},  # type: ignore[arg-type]
     )
     path = workload / "config.yaml"
     config.write(path)
@@ -171,9 +172,33 @@ def test_duration_mode_stops_after_the_window(samples: Path, tmp_path: Path) -> 
 
     assert run.code == 0, run.stderr[-3000:]
     perf = run.result.performance
-    assert perf is not None and perf.stop_reason == "duration"
+    assert perf is not None and perf.stop_reason == "duration_and_min_iterations"
     assert perf.batch_end_times_s[-1] >= perf.window_start_s + 0.3
     assert perf.batch_end_times_s[-2] < perf.window_start_s + 0.3
+
+
+def test_unreachable_min_iterations_stop_at_the_cap(samples: Path, tmp_path: Path) -> None:
+    """min_iterations far out of reach: the window runs to max_duration_s and says so; warmup
+    runs for warmup_s even with no warmup count; the CPU window is watched."""
+    config = write_config(tmp_path, samples / "fp32.pb", "frozen_pb", iterations=None,
+                          duration_s=0.2, min_iterations=10**8, max_duration_s=0.5,
+                          warmup=0, warmup_s=0.3)  # fmt: skip
+
+    run = run_runner(config, "performance")
+
+    assert run.code == 0, run.stderr[-3000:]
+    result = run.result
+    assert result.warmup_s is not None and result.warmup_s >= 0.3
+    assert result.warmup_iterations >= 1
+    perf = result.performance
+    assert perf is not None and perf.stop_reason == "max_duration"
+    assert perf.batch_end_times_s[-1] >= perf.window_start_s + 0.5
+    assert perf.batch_end_times_s[-2] < perf.window_start_s + 0.5
+    window = perf.cpu_window
+    assert window is not None and window.cpus == [0] and window.own_cpu_s > 0
+    assert window.foreign_busy_fraction is not None
+    assert result.onednn_enabled is not None
+    assert result.thread_environment["TF_NUM_INTRAOP_THREADS"] == "1"
 
 
 @pytest.mark.parametrize(("filename", "model_format"), [FORMATS[0], FORMATS[2]])

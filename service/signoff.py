@@ -1,0 +1,84 @@
+"""What a lab needs to sign a result off, gathered along one workload's steps.
+
+Before the first step: the machine facts and each model's SHA-256 (hashed in a thread). After
+each step: its figures with their verdict and costs, then the run's ``fingerprint`` and
+overall ``verdict``. At the end: the speedup's confidence interval. The workload calls these;
+the numbers come from :mod:`service.aggregate`, the judgement from :mod:`service.verdict`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from service import aggregate, fingerprint, verdict
+from service.runner.protocol import RunnerConfig, RunnerResult
+
+
+@dataclass
+class SignOff:
+    machine: dict[str, Any]
+    models: dict[str, dict[str, Any]]
+    batch_size: int
+    performance_results: dict[str, list[RunnerResult]] = field(default_factory=dict)
+
+    @classmethod
+    async def collect(cls, config: RunnerConfig, runner_cpus: Sequence[int]) -> SignOff:
+        """Read the machine and hash the models (in threads: models can be big)."""
+        machine = await asyncio.to_thread(fingerprint.machine_facts, runner_cpus)
+        models = await fingerprint.hash_models(
+            {role: model.path for role, model in config.models.items()}
+        )
+        return cls(machine, models, config.batch_size)
+
+    def _model_size(self, role: str) -> int | None:
+        return self.models.get(role, {}).get("size_bytes")
+
+    async def performance_figures(
+        self, role: str, results: Sequence[RunnerResult], pinning_mismatches: Sequence[str]
+    ) -> dict[str, Any]:
+        """A performance step's figures, costs and verdict (statistics run in a thread)."""
+        figures = await asyncio.to_thread(
+            aggregate.summarize_performance,
+            results,
+            self.batch_size,
+            aggregate.ROLE_SEEDS.get(role, aggregate.stats.BOOTSTRAP_SEED),
+        )
+        figures["costs"]["model_size_bytes"] = self._model_size(role)
+        figures["verdict"] = verdict.performance_verdict(figures, pinning_mismatches)
+        self.performance_results[role] = list(results)
+        return figures
+
+    def accuracy_figures(
+        self, role: str, result: RunnerResult, pinning_mismatches: Sequence[str]
+    ) -> dict[str, Any]:
+        figures = aggregate.summarize_accuracy(result)
+        figures["costs"]["model_size_bytes"] = self._model_size(role)
+        figures["verdict"] = verdict.accuracy_verdict(pinning_mismatches)
+        return figures
+
+    def summary(
+        self, execution_details: Mapping[str, Mapping[str, Mapping[str, Any]]]
+    ) -> dict[str, Any]:
+        """Top-level ``fingerprint`` and ``verdict`` for the steps done so far."""
+        first = next(
+            (details for modes in execution_details.values() for details in modes.values()),
+            None,
+        )
+        print_ = fingerprint.build(
+            self.machine, self.models, None if first is None else fingerprint.runner_facts(first)
+        )
+        return {
+            "fingerprint": print_,
+            "verdict": verdict.overall(execution_details, verdict.machine_warnings(print_)),
+        }
+
+    def comparison(self) -> dict[str, Any]:
+        """``speedup_ci95`` when both models were measured for performance."""
+        base = self.performance_results.get("input_model")
+        new = self.performance_results.get("optimized_model")
+        if not base or not new:
+            return {}
+        return {"speedup_ci95": aggregate.speedup_interval(base, new, self.batch_size)}

@@ -1,0 +1,234 @@
+"""Whether a step's figures can be signed: ``valid`` or ``invalid``, with reasons.
+
+Pure functions over the figures :mod:`service.aggregate` produces (plain dicts, as published).
+A *reason* makes the result invalid; a *warning* is worth knowing but does not. Each is
+``{"code", "message"}`` (plus ``step`` in the overall verdict). Thresholds are module
+constants, published with the verdict and documented in the README.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from service.cpulist import format_cpu_list
+
+VALID, INVALID = "valid", "invalid"
+
+# Percentiles a performance step must back with enough samples; p99.9 is reported when it can
+# be and only warned about when it cannot.
+REQUIRED_PERCENTILES = (50.0, 90.0, 99.0)
+SPREAD_INVALID = 0.25  # latency IQR/median: PyTorch's "significant environmental influence"
+SPREAD_WARNING = 0.10  # PyTorch's "system fluctuation"
+FOREIGN_BUSY_INVALID = 0.10  # other processes' share of our CPUs, beyond the tick resolution
+FOREIGN_BUSY_WARNING = 0.03
+STEAL_INVALID = 0.10  # hypervisor steal on our CPUs, beyond the tick resolution
+CI_WIDTH_WARNING = 0.05  # throughput 95% interval half-width relative to the estimate
+
+THRESHOLDS = {
+    "required_percentiles": list(REQUIRED_PERCENTILES),
+    "latency_iqr_over_median_invalid": SPREAD_INVALID,
+    "latency_iqr_over_median_warning": SPREAD_WARNING,
+    "foreign_busy_fraction_invalid": FOREIGN_BUSY_INVALID,
+    "foreign_busy_fraction_warning": FOREIGN_BUSY_WARNING,
+    "steal_fraction_invalid": STEAL_INVALID,
+    "throughput_ci95_half_width_warning": CI_WIDTH_WARNING,
+}
+
+Item = dict[str, Any]
+
+
+def _item(code: str, message: str, **facts: Any) -> Item:
+    return {"code": code, "message": message, **facts}
+
+
+def _verdict(reasons: list[Item], warnings: list[Item]) -> dict[str, Any]:
+    return {"status": INVALID if reasons else VALID, "reasons": reasons, "warnings": warnings}
+
+
+def _pct_name(pct: float) -> str:
+    return f"p{pct:g}"
+
+
+def performance_verdict(
+    figures: Mapping[str, Any], pinning_mismatches: Sequence[str] = ()
+) -> dict[str, Any]:
+    """The verdict of one performance step."""
+    reasons: list[Item] = []
+    warnings: list[Item] = []
+    _check_samples(figures, reasons, warnings)
+    _check_stop(figures, reasons)
+    _check_spread(figures, reasons, warnings)
+    for instance in figures.get("per_instance", []):
+        _check_cpu_window(instance, reasons, warnings)
+        if instance.get("straggler"):
+            warnings.append(
+                _item(
+                    "straggler",
+                    f"instance {instance['instance']} ran below 80% of the median instance's "
+                    "throughput",
+                    instance=instance["instance"],
+                )
+            )
+    reasons += [_item("pinning_mismatch", message) for message in pinning_mismatches]
+    return _verdict(reasons, warnings)
+
+
+def _check_samples(figures: Mapping[str, Any], reasons: list[Item], warnings: list[Item]) -> None:
+    for entry in figures.get("latency_percentiles", []):
+        if entry["status"] != "insufficient":
+            continue
+        name = _pct_name(entry["percentile"])
+        message = (
+            f"{name} needs at least {entry['min_samples']} batch latencies, the run has "
+            f"{entry['samples']}; it is not reported (raise min_iterations or duration_s)"
+        )
+        target = reasons if entry["percentile"] in REQUIRED_PERCENTILES else warnings
+        target.append(
+            _item(
+                "insufficient_samples",
+                message,
+                percentile=entry["percentile"],
+                samples=entry["samples"],
+                min_samples=entry["min_samples"],
+            )
+        )
+
+
+def _check_stop(figures: Mapping[str, Any], reasons: list[Item]) -> None:
+    capped = [i for i in figures.get("per_instance", []) if i.get("stop_reason") == "max_duration"]
+    for instance in capped:
+        reasons.append(
+            _item(
+                "min_iterations_not_met",
+                f"instance {instance['instance']} reached max_duration_s after "
+                f"{instance['iterations']} calls, before min_iterations",
+                instance=instance["instance"],
+                iterations=instance["iterations"],
+            )
+        )
+
+
+def _check_spread(figures: Mapping[str, Any], reasons: list[Item], warnings: list[Item]) -> None:
+    ratio = figures.get("latency_iqr_over_median")
+    if ratio is not None and ratio > SPREAD_WARNING:
+        target, limit = (
+            (reasons, SPREAD_INVALID) if ratio > SPREAD_INVALID else (warnings, SPREAD_WARNING)
+        )
+        target.append(
+            _item(
+                "latency_spread",
+                f"latency IQR/median is {ratio:.1%}, above {limit:.0%}",
+                value=ratio,
+                threshold=limit,
+            )
+        )
+    throughput, ci = figures.get("throughput_samples_per_s"), figures.get("throughput_ci95")
+    if throughput and ci:
+        half_width = (ci[1] - ci[0]) / 2 / throughput
+        if half_width > CI_WIDTH_WARNING:
+            warnings.append(
+                _item(
+                    "wide_interval",
+                    f"throughput 95% interval is ±{half_width:.1%} of the estimate",
+                    value=round(half_width, 4),
+                    threshold=CI_WIDTH_WARNING,
+                )
+            )
+
+
+def _check_cpu_window(
+    instance: Mapping[str, Any], reasons: list[Item], warnings: list[Item]
+) -> None:
+    window = instance.get("cpu_window")
+    if not window:
+        return
+    number = instance["instance"]
+    cpus = format_cpu_list(window["cpus"])
+    what = f"cpu {cpus}" if len(window["cpus"]) == 1 else f"cpus {cpus}"
+    resolution = window.get("resolution_fraction") or 0.0
+    foreign = window.get("foreign_busy_fraction")
+    if foreign is not None and foreign - resolution > FOREIGN_BUSY_WARNING:
+        invalid = foreign - resolution > FOREIGN_BUSY_INVALID
+        limit = FOREIGN_BUSY_INVALID if invalid else FOREIGN_BUSY_WARNING
+        (reasons if invalid else warnings).append(
+            _item(
+                "foreign_cpu_load",
+                f"other processes used {foreign:.0%} of {what} (instance {number}) during the "
+                f"timed window (limit {limit:.0%}, measured to ±{resolution:.0%})",
+                instance=number,
+                cpus=window["cpus"],
+                value=round(foreign, 4),
+                threshold=limit,
+            )
+        )
+    steal = window.get("steal_fraction")
+    if steal is not None and steal - resolution > STEAL_INVALID:
+        reasons.append(
+            _item(
+                "cpu_steal",
+                f"the hypervisor took {steal:.0%} of {what} (instance {number}) during the "
+                f"timed window (limit {STEAL_INVALID:.0%})",
+                instance=number,
+                cpus=window["cpus"],
+                value=round(steal, 4),
+                threshold=STEAL_INVALID,
+            )
+        )
+    throttled = {cpu: n for cpu, n in (window.get("throttle_events") or {}).items() if n > 0}
+    if throttled:
+        reasons.append(
+            _item(
+                "throttling",
+                f"thermal throttling on cpu {', '.join(map(str, throttled))} (instance "
+                f"{number}) during the timed window: {sum(throttled.values())} events",
+                instance=number,
+                events=throttled,
+            )
+        )
+
+
+def accuracy_verdict(pinning_mismatches: Sequence[str] = ()) -> dict[str, Any]:
+    """Accuracy does not depend on timing; a pinning mismatch is only worth a warning."""
+    return _verdict([], [_item("pinning_mismatch", message) for message in pinning_mismatches])
+
+
+def machine_warnings(fingerprint: Mapping[str, Any]) -> list[Item]:
+    """What the machine's fingerprint says about frequency control."""
+    frequency = fingerprint.get("frequency", {})
+    governors = frequency.get("governors") or []
+    out: list[Item] = []
+    if not governors:
+        out.append(
+            _item(
+                "frequency_not_visible",
+                "the CPU frequency and governor are not visible here (no cpufreq in sysfs); "
+                "throttling cannot be checked",
+            )
+        )
+    elif any(governor != "performance" for governor in governors):
+        out.append(
+            _item(
+                "governor",
+                f"CPU frequency governor is {', '.join(governors)}, not performance: the "
+                "clock may change during a run",
+                governors=governors,
+            )
+        )
+    return out
+
+
+def overall(
+    execution_details: Mapping[str, Mapping[str, Mapping[str, Any]]],
+    extra_warnings: Iterable[Item] = (),
+) -> dict[str, Any]:
+    """Every step's verdict in one: invalid if any step is invalid."""
+    reasons: list[Item] = []
+    warnings: list[Item] = []
+    for model_key, modes in execution_details.items():
+        for mode, details in modes.items():
+            step = f"{model_key.removesuffix('_benchmark')}/{mode}"
+            step_verdict = details.get("verdict") or {}
+            reasons += [{**r, "step": step} for r in step_verdict.get("reasons", [])]
+            warnings += [{**w, "step": step} for w in step_verdict.get("warnings", [])]
+    return {**_verdict(reasons, [*warnings, *extra_warnings]), "thresholds": THRESHOLDS}
