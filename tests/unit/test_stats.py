@@ -104,6 +104,41 @@ def test_bootstrap_needs_two_values_per_instance() -> None:
     assert stats.throughput_replicates([], batch_size=1) is None
 
 
+def brute_force_medians(strata: list[np.ndarray], seed: int, resamples: int) -> np.ndarray:
+    """Every replicate built in full from the same block draws, and its median sorted out."""
+    rng = np.random.default_rng(seed)
+    blocked = [stats._blocks(s) for s in strata]
+    draws = [stats._choice_counts(rng, len(b), resamples).astype(int) for b in blocked]
+    medians = []
+    for row in range(resamples):
+        values = np.concatenate(
+            [np.repeat(b, d[row], axis=0).ravel() for b, d in zip(blocked, draws, strict=True)]
+        )
+        medians.append(stats.nearest_rank(np.sort(values), 50))
+    return np.array(medians)
+
+
+@pytest.mark.parametrize(("sizes", "seed"), [((2000,), 1), ((700, 1300, 55), 2), ((30,), 3)])
+def test_binned_median_replicates_match_brute_force(sizes: tuple[int, ...], seed: int) -> None:
+    """The fast path gives each replicate's median within one bin's spread of the exact one."""
+    rng = np.random.default_rng(seed)
+    strata = [rng.lognormal(0.0, 0.5, n) for n in sizes]
+
+    fast = stats.median_replicates(strata, seed=seed, resamples=200)
+    exact = brute_force_medians(strata, seed, 200)
+
+    assert fast is not None
+    pooled = np.sort(np.concatenate(strata))
+    bin_spread = np.max(np.diff(pooled[len(pooled) // 4 : 3 * len(pooled) // 4])) * 8
+    assert np.max(np.abs(fast - exact)) <= bin_spread
+    assert np.mean(fast == exact) > 0.3  # often exact: bins hold few values here
+    assert stats.interval(fast) == pytest.approx(stats.interval(exact), rel=0.01)
+
+
+def test_constant_latencies_have_a_zero_width_interval() -> None:
+    assert stats.median_interval([np.full(500, 1.5), np.full(300, 1.5)]) == (1.5, 1.5)
+
+
 def test_median_interval_covers_the_true_median_about_95_percent() -> None:
     """Lognormal latencies from two instances: the interval covers exp(mu) in ~95% of runs,
     and its width is what theory says for a median (not a wide interval that always covers)."""
@@ -112,9 +147,7 @@ def test_median_interval_covers_the_true_median_about_95_percent() -> None:
     covered, widths = 0, []
     for trial in range(trials):
         strata = [rng.lognormal(mu, sigma, per_instance) for _ in range(2)]
-        replicates = stats.bootstrap_replicates(
-            strata, stats.pooled_median, seed=trial, resamples=400
-        )
+        replicates = stats.median_replicates(strata, seed=trial, resamples=400)
         assert replicates is not None
         low, high = stats.interval(replicates)
         covered += low <= 2.0 <= high
@@ -134,9 +167,7 @@ def test_throughput_interval_covers_the_true_rate() -> None:
     covered = 0
     for trial in range(trials):
         strata = [rng.gamma(4.0, m / 4.0, 500) for m in means_s]
-        replicates = stats.bootstrap_replicates(
-            strata, stats.rate_sum(batch), seed=trial, resamples=400
-        )
+        replicates = stats.rate_replicates(strata, batch, seed=trial, resamples=400)
         assert replicates is not None
         low, high = stats.interval(replicates)
         covered += low <= truth <= high
@@ -158,9 +189,7 @@ def _coverage_on_correlated_intervals(trials: int = 200) -> float:
     covered = 0
     for trial in range(trials):
         series = _ar1(rng, 1000, 0.5, mean_s, 0.0004)
-        replicates = stats.bootstrap_replicates(
-            [series], stats.rate_sum(1), seed=trial, resamples=400
-        )
+        replicates = stats.rate_replicates([series], 1, seed=trial, resamples=400)
         assert replicates is not None
         low, high = stats.interval(replicates)
         covered += low <= 1 / mean_s <= high
