@@ -195,7 +195,7 @@ async def _run(settings: Settings) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, worker.stop)
     await worker.run()
-    return EXIT_OK
+    return worker.exit_code  # non-zero when the broker dropped its consumer for good
 
 
 async def _bench(request: BenchmarkRequest, settings: Settings) -> int:

@@ -21,6 +21,7 @@ from .errors import ConfigError
 
 ENV_PREFIX = "BENCHMARK_WORKER_"
 DEFAULT_AMQP_URL = "amqp://guest:guest@localhost:5672/"
+CONSUMER_TIMEOUT_MARGIN_S = 120
 
 
 class _Section(BaseModel):
@@ -38,6 +39,12 @@ class BrokerSettings(_Section):
     )
     delivery_limit: int = Field(default=3, ge=1, description="x-delivery-limit of the queue.")
     publish_timeout_s: float = Field(default=30.0, gt=0)
+    consumer_timeout_s: float | None = Field(
+        default=1800.0,
+        gt=0,
+        description="The broker's consumer_timeout (rabbitmq.conf, in s here); worker.timeout_s "
+        "must stay below it by a margin. None: disabled on the broker.",
+    )
     reconnect_interval_s: float = Field(default=5.0, gt=0)
     heartbeat_s: int = Field(default=30, ge=0)
 
@@ -59,6 +66,21 @@ class WorkerSettings(_Section):
         description="Time limit of one request; keep it below the broker's consumer_timeout.",
     )
     shutdown_grace_s: float = Field(default=30.0, ge=0)
+    runner_memory_mb: int | None = Field(
+        default=None,
+        ge=64,
+        description="RLIMIT_DATA of each runner (heap and private memory). "
+        "Default: the machine's physical memory.",
+    )
+    runner_cpu_time_s: int | None = Field(
+        default=None,
+        ge=1,
+        description="RLIMIT_CPU of each runner. Default: the request's time limit times its CPUs.",
+    )
+    runner_open_files: int = Field(default=1024, ge=64, description="RLIMIT_NOFILE per runner.")
+    consumer_check_s: float = Field(
+        default=30.0, gt=0, description="How often the worker checks its consumer is alive."
+    )
 
     @model_validator(mode="after")
     def _expand_paths(self) -> WorkerSettings:
@@ -123,6 +145,21 @@ class Settings(_Section):
     node: NodeSettings = Field(default_factory=NodeSettings)
     health: HealthSettings = Field(default_factory=HealthSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+
+    @model_validator(mode="after")
+    def _time_limit_below_consumer_timeout(self) -> Settings:
+        consumer_timeout_s = self.broker.consumer_timeout_s
+        if consumer_timeout_s is None:
+            return self
+        if self.worker.timeout_s + CONSUMER_TIMEOUT_MARGIN_S > consumer_timeout_s:
+            raise ValueError(
+                f"worker.timeout_s ({self.worker.timeout_s:g}) must be at least "
+                f"{CONSUMER_TIMEOUT_MARGIN_S} s below broker.consumer_timeout_s "
+                f"({consumer_timeout_s:g}): the broker checks about once a minute and would "
+                "requeue a long request while it still runs; raise consumer_timeout on the "
+                "broker (ops/rabbitmq/README.md) and broker.consumer_timeout_s here"
+            )
+        return self
 
     def with_overrides(self, **sections: Mapping[str, Any]) -> Settings:
         """A copy with some keys replaced (used for CLI flags), validated again."""

@@ -12,6 +12,8 @@ from service.errors import RejectRequest
 
 JSON_CONTENT_TYPES = ("application/json",)
 _MAX_PROBLEMS = 10
+_MAX_LOCATION_CHARS = 80
+_MAX_PROBLEM_CHARS = 200
 
 
 def decode_request(
@@ -66,12 +68,21 @@ def decode_request(
 
 
 def describe_validation_error(exc: ValidationError) -> str:
-    """Field paths and messages, never the offending values (they could be huge or secret)."""
+    """Field paths and messages, never the offending values (they could be huge or secret).
+
+    Bounded: at most 10 problems of 200 characters each, however large the body was (a field
+    name or a value quoted in a message is cut short).
+    """
+    errors = exc.errors(include_input=False, include_url=False, include_context=False)
     problems = []
-    for error in exc.errors(include_input=False, include_url=False)[:_MAX_PROBLEMS]:
-        where = ".".join(str(part) for part in error["loc"]) or "body"
-        problems.append(f"{where}: {error['msg']}")
-    more = len(exc.errors()) - _MAX_PROBLEMS
+    for error in errors[:_MAX_PROBLEMS]:
+        where = ".".join(_shorten(str(part), _MAX_LOCATION_CHARS) for part in error["loc"])
+        problems.append(_shorten(f"{where or 'body'}: {error['msg']}", _MAX_PROBLEM_CHARS))
+    more = len(errors) - _MAX_PROBLEMS
     if more > 0:
         problems.append(f"and {more} more")
     return "; ".join(problems)
+
+
+def _shorten(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."

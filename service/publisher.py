@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 
@@ -18,6 +19,21 @@ log = structlog.get_logger()
 AnyEvent = StartEvent | ProgressEvent | FinishEvent
 
 
+def event_message_id(event: AnyEvent) -> str:
+    """Unique per message, and the same when a stored finish is published again.
+
+    ``<run_id>.start``, ``<run_id>.progress.<k>``, ``<run_id>.finish``: a subscriber that
+    drops a ``message_id`` it has seen never counts a republished finish twice. Events
+    without a run (a rejected body) get a random id.
+    """
+    run_id = getattr(event.data, "run_id", None)
+    if not isinstance(run_id, str) or not run_id:
+        return uuid.uuid4().hex
+    if isinstance(event, ProgressEvent):
+        return f"{run_id}.progress.{event.data.current_step}"
+    return f"{run_id}.{event.phase}"
+
+
 def event_message(event: AnyEvent) -> aio_pika.Message:
     """The AMQP message of an event, with the spec's properties."""
     return aio_pika.Message(
@@ -26,7 +42,7 @@ def event_message(event: AnyEvent) -> aio_pika.Message:
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         type=event.subject,
         correlation_id=event.workload_id,
-        message_id=uuid.uuid4().hex,
+        message_id=event_message_id(event),
         timestamp=time.time(),
     )
 
@@ -42,14 +58,17 @@ class EventPublisher:
         """Publish and wait for the broker's confirm; raise :class:`PublishFailed` otherwise.
 
         Events are published without ``mandatory``: an event nobody subscribes to is normal.
+        The timeout covers everything, including waiting for a robust channel to reconnect
+        and a connection the broker blocked (memory or disk alarm).
         """
         try:
-            await self._exchange.publish(
-                event_message(event),
-                routing_key=event.routing_key,
-                mandatory=False,
-                timeout=self._timeout_s,
-            )
+            async with asyncio.timeout(self._timeout_s):
+                await self._exchange.publish(
+                    event_message(event),
+                    routing_key=event.routing_key,
+                    mandatory=False,
+                    timeout=self._timeout_s,
+                )
         except TimeoutError as exc:
             raise PublishFailed(
                 f"{event.subject} not confirmed within {self._timeout_s:g} s"

@@ -9,9 +9,15 @@ success                     ack after finish confirm benchmark_finish success
 benchmark failed            ack after finish confirm benchmark_finish error (names step)
 undecodable / invalid body  reject → dead letters    benchmark_finish error if id readable
 event not confirmed         nack, requeue            (retried; delivery limit applies)
+redelivered, result stored  ack after finish confirm the stored finish, not run again
+consume channel lost        none (broker requeued)   none (runners killed; rerun follows)
 shutdown past grace period  nack, requeue            none (runners killed)
 unexpected error            requeue once, then DLQ   error finish on the last attempt
 ==========================  =======================  ==================================
+
+One request at a time: a delivery that arrives while an aborted one is still being cleaned up
+(after a reconnect) waits for it. Every event carries ``run_id`` and ``attempt`` (1 on the first
+delivery), so subscribers can tell a re-run from the first run.
 """
 
 from __future__ import annotations
@@ -23,26 +29,40 @@ import uuid
 from typing import Any
 
 import aio_pika
+import aiormq
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
 
 from contracts import BenchmarkRequest, FinishEvent, ProgressEvent, StartEvent, error_finish
+from service import results
 from service.broker import Topology, connect, declare_topology
 from service.config import Settings
-from service.errors import PublishFailed, RejectRequest
+from service.consumer_watch import watch_consumer
+from service.errors import PublishFailed, RejectRequest, StepFailed
 from service.executor.topology import CpuTopology
 from service.fleet import Fleet
 from service.intake import decode_request
 from service.publisher import EventPublisher
-from service.workload import run_workload
+from service.workload import run_workload, workload_directory
 
 log = structlog.get_logger()
+
+EXIT_CONSUMER_LOST = 3
+_CANCEL_TIMEOUT_S = 10
 
 
 def finish_log_fields(finish: FinishEvent) -> dict[str, Any]:
     """The figures of a finish event worth one canonical log line."""
     data = finish.data.model_dump(exclude={"execution_details", "node"}, exclude_none=True)
     return {"status": finish.status, **data}
+
+
+def delivery_attempt(message: AbstractIncomingMessage) -> int:
+    """1 for a first delivery; quorum queues count earlier deliveries in ``x-delivery-count``."""
+    count = (message.headers or {}).get("x-delivery-count")
+    if isinstance(count, int) and count > 0:
+        return count + 1
+    return 2 if message.redelivered else 1
 
 
 class Worker:
@@ -56,11 +76,18 @@ class Worker:
         self._node = self._fleet.node
         self._stop = asyncio.Event()
         self._current: asyncio.Task[Any] | None = None
+        self._handlers: set[asyncio.Task[Any]] = set()
+        self._one_at_a_time = asyncio.Lock()
         self._publisher: EventPublisher | None = None
         self.ready = asyncio.Event()
+        self.exit_code = 0
 
     def stop(self) -> None:
         self._stop.set()
+
+    def _consumer_lost(self) -> None:
+        self.exit_code = EXIT_CONSUMER_LOST
+        self.stop()
 
     async def run(self) -> None:
         broker = self._settings.broker
@@ -78,12 +105,22 @@ class Worker:
             await self._fleet.start(consume_connection, publish_connection, events)
             tag = await topology.requests.consume(self._on_message)
             self._fleet.watch_consumer(consume_channel, tag)
+            watch = asyncio.create_task(
+                watch_consumer(
+                    consume_channel,
+                    tag,
+                    self._settings.worker.consumer_check_s,
+                    2 * broker.reconnect_interval_s + self._settings.worker.consumer_check_s,
+                    self._consumer_lost,
+                )
+            )
             log.info("worker_started", queue=broker.requests_queue, **self._node)
             self.ready.set()
             await self._stop.wait()
             log.info("worker_stopping", busy=self._current is not None)
             self._fleet.stopping()
-            await topology.requests.cancel(tag)
+            watch.cancel()
+            await _cancel_consumer(topology, tag)
             await self._drain()
         finally:
             await self._fleet.stop()
@@ -93,33 +130,50 @@ class Worker:
 
     async def _drain(self) -> None:
         """Let the current request finish within the grace period, else hand it back."""
-        task = self._current
-        if task is None:
+        tasks = set(self._handlers)
+        if not tasks:
             return
         grace_s = self._settings.worker.shutdown_grace_s
-        done, _ = await asyncio.wait({task}, timeout=grace_s)
-        if not done:
+        _, pending = await asyncio.wait(tasks, timeout=grace_s)
+        if pending:
             log.warning("shutdown_grace_expired", grace_s=grace_s)
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
-        self._current = asyncio.current_task()
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
         started = time.monotonic()
         try:
-            with structlog.contextvars.bound_contextvars(
-                delivery_tag=message.delivery_tag,
-                redelivered=message.redelivered,
-                body_bytes=len(message.body),
-            ):
-                await self._handle(message, started)
+            async with self._one_at_a_time:
+                self._current = task
+                with structlog.contextvars.bound_contextvars(
+                    delivery_tag=message.delivery_tag,
+                    redelivered=message.redelivered,
+                    body_bytes=len(message.body),
+                ):
+                    if self._stop.is_set():  # waited behind a request while shutting down
+                        await _settle(message, "nack", requeue=True)
+                        log.info("request_returned_to_queue", reason="shutdown")
+                        return
+                    await self._handle(message, started)
         except asyncio.CancelledError:
-            await asyncio.shield(_settle(message, "nack", requeue=True))
-            log.info("request_returned_to_queue", reason="shutdown")
+            await asyncio.shield(self._abandon(message))
             raise
         finally:
             self._current = None
+            self._handlers.discard(task)
+
+    async def _abandon(self, message: AbstractIncomingMessage) -> None:
+        """Cancelled (shutdown past grace, or the channel of the delivery closed): runners are
+        killed by now; hand the request back unless the broker already took it back."""
+        if _delivery_channel_closed(message):
+            log.warning("request_abandoned", reason="channel_closed", requeued_by="broker")
+            return
+        await _settle(message, "nack", requeue=True)
+        log.info("request_returned_to_queue", reason="shutdown")
 
     async def _handle(self, message: AbstractIncomingMessage, started: float) -> None:
         try:
@@ -133,9 +187,16 @@ class Worker:
             await self._reject(message, exc)
             return
         run_id = uuid.uuid4().hex[:12]
-        with structlog.contextvars.bound_contextvars(workload_id=request.id, run_id=run_id):
+        digest = results.request_digest(request)
+        labels = {"attempt": delivery_attempt(message), results.DIGEST_FIELD: digest}
+        with structlog.contextvars.bound_contextvars(
+            workload_id=request.id, run_id=run_id, attempt=labels["attempt"]
+        ):
             try:
-                finish = await self._benchmark(request, run_id)
+                if message.redelivered and await self._answer_from_store(request, digest):
+                    await _settle(message, "ack")
+                    return
+                finish = await self._benchmark(request, run_id, labels)
                 await self._publisher_or_fail().publish(finish)
             except PublishFailed as exc:
                 log.error("request_requeued", reason="publish_failed", error=str(exc))
@@ -152,15 +213,36 @@ class Worker:
                 **finish_log_fields(finish),
             )
 
-    async def _benchmark(self, request: BenchmarkRequest, run_id: str) -> FinishEvent:
+    async def _benchmark(
+        self, request: BenchmarkRequest, run_id: str, labels: dict[str, Any]
+    ) -> FinishEvent:
         return await self._fleet.run(
             request,
             run_id,
             lambda emit: run_workload(
-                request, self._settings, self._topology, emit, run_id, self._node
+                request, self._settings, self._topology, emit, run_id, self._node, labels
             ),
             self._emit,
         )
+
+    async def _answer_from_store(self, request: BenchmarkRequest, digest: str) -> bool:
+        """A redelivery of a request answered before: publish its stored finish again (same
+        ``message_id``), don't rerun. Raises :class:`PublishFailed` like any finish."""
+        try:
+            directory = workload_directory(request, self._settings)
+        except StepFailed:
+            return False
+        finish = results.stored_finish(directory, digest)
+        if finish is None:
+            return False
+        await self._publisher_or_fail().publish(finish)
+        log.info(
+            "request_completed",
+            duplicate_delivery=True,
+            stored_run_id=getattr(finish.data, "run_id", None),
+            status=finish.status,
+        )
+        return True
 
     async def _emit(self, event: StartEvent | ProgressEvent) -> None:
         publisher = self._publisher_or_fail()
@@ -206,6 +288,22 @@ class Worker:
         if self._publisher is None:
             raise PublishFailed("the worker has no publishing channel yet")
         return self._publisher
+
+
+def _delivery_channel_closed(message: AbstractIncomingMessage) -> bool:
+    """The channel a message came on is gone: its delivery tag is void, the broker requeued it."""
+    try:
+        return message.channel.is_closed
+    except aiormq.exceptions.ChannelInvalidStateError:
+        return True
+
+
+async def _cancel_consumer(topology: Topology, tag: str) -> None:
+    """Stop deliveries; a consumer the broker already dropped needs no cancel."""
+    try:
+        await topology.requests.cancel(tag, timeout=_CANCEL_TIMEOUT_S)
+    except Exception as exc:
+        log.warning("consumer_cancel_failed", error=repr(exc))
 
 
 async def _settle(message: AbstractIncomingMessage, verb: str, *, requeue: bool = False) -> None:

@@ -10,7 +10,7 @@ import asyncio
 import re
 import shutil
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from contracts import (
     step_key,
 )
 from service import aggregate
+from service import results as result_store
 from service.config import Settings
 from service.errors import StepFailed
 from service.executor.launch import (
@@ -38,18 +39,20 @@ from service.executor.launch import (
     StepProcessesFailed,
     run_instances,
     runner_argv,
+    runner_limits,
 )
 from service.executor.memory import memory_binding
 from service.executor.planner import InstancePlan, Plan, PlanError, accuracy_plan, plan_instances
 from service.executor.topology import CpuTopology
 from service.paths import VALIDATE_STEP, model_format, require_existing, resolve_allowed
 from service.runner.protocol import RunnerConfig, RunnerModel
+from service.runner.sandbox import RunnerLimits
 from service.signoff import SignOff
 
 log = structlog.get_logger()
 
 Emit = Callable[[StartEvent | ProgressEvent], Awaitable[None]]
-RESULT_FILE = "result.json"
+RESULT_FILE = result_store.RESULT_FILE
 
 
 @dataclass
@@ -64,6 +67,7 @@ class Workload:
     config: RunnerConfig
     topology: CpuTopology
     extra: dict[str, Any] = field(default_factory=dict)
+    limits: RunnerLimits = field(default_factory=RunnerLimits)
 
 
 def prepare(
@@ -84,9 +88,7 @@ def prepare(
     if dataset is not None:
         resolved = require_existing(resolve_allowed(dataset, roots, "dataset"), dataset, "dataset")
         dataset = str(resolved)
-    workspace = resolve_allowed(
-        request.workspace_path or str(settings.worker.workspace), roots, "workspace"
-    )
+    directory = workload_directory(request, settings)
     try:
         plan = plan_instances(
             topology, request.benchmark.instances, request.benchmark.cores_per_instance
@@ -109,7 +111,6 @@ def prepare(
         inputs=list(settings_.inputs) if settings_.inputs else None,
         outputs=list(settings_.outputs) if settings_.outputs else None,
     )
-    directory = workspace / "workloads" / f"{_model_name(request.input_model.path)}_{request.id}"
     try:
         if directory.exists():
             shutil.rmtree(directory)  # fresh every run: INC appends and double-counts
@@ -119,7 +120,21 @@ def prepare(
         raise StepFailed(
             "prepare", f"cannot write the workload directory {directory}: {exc.strerror}"
         ) from None
-    return Workload(request, run_id, directory, directory / "config.yaml", plan, config, topology)
+    limits = runner_limits(settings.worker, max(len(i.cpus) for i in plan.instances))
+    return Workload(
+        request, run_id, directory, directory / "config.yaml", plan, config, topology,
+        limits=limits,
+    )  # fmt: skip
+
+
+def workload_directory(request: BenchmarkRequest, settings: Settings) -> Path:
+    """``<workspace>/workloads/<model_name>_<id>``; the workspace must be in the allowed roots."""
+    workspace = resolve_allowed(
+        request.workspace_path or str(settings.worker.workspace),
+        settings.worker.effective_roots(),
+        "workspace",
+    )
+    return workspace / "workloads" / f"{_model_name(request.input_model.path)}_{request.id}"
 
 
 def _model_name(raw_path: str) -> str:
@@ -134,13 +149,17 @@ async def run_workload(
     emit: Emit,
     run_id: str,
     node: dict[str, Any] | None = None,
+    labels: Mapping[str, Any] | None = None,
 ) -> FinishEvent:
-    """Run every step of ``request``; return the finish event (success or error)."""
+    """Run every step of ``request``; return the finish event (success or error).
+
+    ``labels`` go into every event's data (the worker's ``attempt``, ``request_sha256``).
+    """
     timeout_s = min(
         request.benchmark.timeout_s or settings.worker.timeout_s, settings.worker.timeout_s
     )
     tracker = _StepTracker()
-    extra = {"run_id": run_id, **({"node": node} if node else {})}
+    extra = {"run_id": run_id, **(labels or {}), **({"node": node} if node else {})}
     try:
         async with asyncio.timeout(timeout_s):
             workload = prepare(request, settings, topology, run_id)
@@ -172,7 +191,13 @@ async def _run_steps(
     signoff = await SignOff.collect(workload.config, runner_cpus)  # machine facts, model hashes
     for number, (role, spec, mode) in enumerate(steps, start=1):
         tracker.current = f"{role}/{mode}"
-        details, headline = await _run_step(workload, role, spec, mode, signoff)
+        try:
+            details, headline = await _run_step(workload, role, spec, mode, signoff)
+        except OSError as exc:  # disk full, workspace gone: the step's files cannot be written
+            where = exc.filename or workload.directory
+            raise StepFailed(
+                tracker.current, f"{tracker.current} failed: cannot write {where}: {exc.strerror}"
+            ) from None
         payload["execution_details"].setdefault(step_key(role), {})[mode] = details
         payload.update(headline)
         payload.update(signoff.summary(payload["execution_details"]))  # fingerprint, verdict
@@ -204,7 +229,7 @@ async def _run_step(
     ]
     started_s = time.monotonic()
     try:
-        results = await run_instances(launches, sync_dir)
+        results = await run_instances(launches, sync_dir, workload.limits)
     except StepProcessesFailed as exc:
         raise StepFailed(step, f"{step} failed: {exc}") from None
     step_wall_s = time.monotonic() - started_s
@@ -294,11 +319,9 @@ def _comparison(payload: dict[str, Any]) -> dict[str, Any]:
 
 def _write_result(directory: Path, finish: FinishEvent) -> None:
     """``result.json``, written to a temporary file and renamed: never half-written."""
-    target = directory / RESULT_FILE
-    tmp = target.with_name(target.name + ".tmp")
     try:
-        tmp.write_bytes(finish.model_dump_json(indent=2, exclude_none=True).encode())
-        tmp.replace(target)
+        result_store.write_result(directory, finish)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise StepFailed("write_result", f"cannot write {target}: {exc.strerror}") from None
+        raise StepFailed(
+            "write_result", f"cannot write {directory / RESULT_FILE}: {exc.strerror}"
+        ) from None

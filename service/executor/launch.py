@@ -1,7 +1,9 @@
 """Starting runner child processes for one step, synchronising them, and ending them all.
 
 Every process of a step lives in one process group: a failure of any instance, the time limit
-or a shutdown (task cancellation) kills the whole group, so nothing is left running.
+or a shutdown (task cancellation) kills the whole group, so nothing is left running. Runners
+are started without a shell, with an environment stripped of secrets, and confine themselves
+first thing (``service.runner.sandbox``): they die with the worker and take the rlimits below.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
 import shlex
 import signal
@@ -18,10 +21,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import structlog
 
+from service.config import WorkerSettings
 from service.cpulist import format_cpu_list
 from service.runner import protocol
+from service.runner.sandbox import PARENT_PID_ENV, RunnerLimits
 
 log = structlog.get_logger()
 
@@ -30,6 +36,9 @@ BENCHMARK_SCRIPT = str(Path(protocol.__file__).with_name("__main__.py"))
 # Variables a runner must not see: models are programs (TensorFlow's SECURITY.md).
 _SECRET_MARKERS = ("AMQP", "PASSWORD", "SECRET", "TOKEN", "CREDENTIAL", "BENCHMARK_WORKER_")
 _LOG_TAIL_LINES = 15
+_LOG_TAIL_BYTES = 16 * 1024
+_LOG_LINE_CHARS = 300
+_CPU_TIME_MARGIN_S = 60
 _BARRIER_POLL_S = 0.005
 _START_DELAY_S = 0.05
 
@@ -73,8 +82,11 @@ def runner_argv(
     return tuple(argv)
 
 
-def runner_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The worker's environment without the broker URL or anything that looks like a secret."""
+def runner_environment(
+    environ: Mapping[str, str] | None = None, limits: RunnerLimits | None = None
+) -> dict[str, str]:
+    """The worker's environment without the broker URL or anything that looks like a secret,
+    plus what the runner needs to confine itself: this worker's pid and the rlimits."""
     environ = os.environ if environ is None else environ
     env = {
         name: value
@@ -82,7 +94,25 @@ def runner_environment(environ: Mapping[str, str] | None = None) -> dict[str, st
         if not any(marker in name.upper() for marker in _SECRET_MARKERS)
     }
     env["PYTHONUNBUFFERED"] = "1"
+    env[PARENT_PID_ENV] = str(os.getpid())
+    if limits is not None:
+        env.update(limits.to_environment())
     return env
+
+
+def runner_limits(settings: WorkerSettings, cpus_per_instance: int) -> RunnerLimits:
+    """Each runner's rlimits: configured, else memory = the machine's, CPU = time limit × CPUs."""
+    memory_bytes = (
+        settings.runner_memory_mb * 2**20
+        if settings.runner_memory_mb is not None
+        else psutil.virtual_memory().total
+    )
+    cpu_time_s = settings.runner_cpu_time_s or (
+        math.ceil(settings.timeout_s * max(cpus_per_instance, 1)) + _CPU_TIME_MARGIN_S
+    )
+    return RunnerLimits(
+        data_bytes=memory_bytes, cpu_time_s=cpu_time_s, open_files=settings.runner_open_files
+    )
 
 
 @dataclass(frozen=True)
@@ -100,7 +130,9 @@ class StepProcessesFailed(Exception):
 
 
 async def run_instances(
-    launches: Sequence[InstanceLaunch], sync_dir: Path | None
+    launches: Sequence[InstanceLaunch],
+    sync_dir: Path | None,
+    limits: RunnerLimits | None = None,
 ) -> list[protocol.RunnerResult]:
     """Run every instance to the end; return their results in instance order.
 
@@ -110,7 +142,8 @@ async def run_instances(
     processes: list[asyncio.subprocess.Process] = []
     try:
         for launch in launches:
-            processes.append(await _start(launch, processes[0].pid if processes else 0))
+            group = processes[0].pid if processes else 0
+            processes.append(await _start(launch, group, limits))
         if sync_dir is not None:
             await _release_barrier(processes, launches, sync_dir)
         await _wait_all_or_first_failure(processes)
@@ -120,7 +153,9 @@ async def run_instances(
     return _collect(launches, processes)
 
 
-async def _start(launch: InstanceLaunch, process_group: int) -> asyncio.subprocess.Process:
+async def _start(
+    launch: InstanceLaunch, process_group: int, limits: RunnerLimits | None
+) -> asyncio.subprocess.Process:
     launch.result_path.unlink(missing_ok=True)
     with launch.log_path.open("wb") as log_file:  # truncated: fresh every run
         process = await asyncio.create_subprocess_exec(
@@ -128,7 +163,7 @@ async def _start(launch: InstanceLaunch, process_group: int) -> asyncio.subproce
             stdin=asyncio.subprocess.DEVNULL,
             stdout=log_file,
             stderr=asyncio.subprocess.STDOUT,
-            env=runner_environment(),
+            env=runner_environment(limits=limits),
             close_fds=True,
             process_group=process_group,
         )
@@ -211,21 +246,35 @@ def _describe_failure(
     process: asyncio.subprocess.Process,
     result: protocol.RunnerResult | None,
 ) -> str:
-    if result is not None and result.error is not None:
-        return f"{result.error.step} failed: {result.error.message}"
-    code = process.returncode
-    if code is not None and code < 0:
-        how = f"was killed by signal {signal.Signals(-code).name}"
-    else:
-        how = f"exited with status {code}"
+    """What happened, how the process ended, and the last lines of its log (bounded)."""
+    how = describe_exit(process.returncode)
     tail = log_tail(launch.log_path)
-    return f"runner {how} without a result (log {launch.log_path}){': ' + tail if tail else ''}"
+    tail_text = f"; last lines of {launch.log_path}: {tail}" if tail else ""
+    if result is not None and result.error is not None:
+        return f"{result.error.step} failed: {result.error.message} (runner {how}){tail_text}"
+    return f"runner {how} without a result{tail_text}"
+
+
+def describe_exit(code: int | None) -> str:
+    """``exited with status 2`` or ``was killed by signal SIGSEGV``."""
+    if code is not None and code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = str(-code)
+        return f"was killed by signal {name}"
+    return f"exited with status {code}"
 
 
 def log_tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
-    """The last lines of a runner log, for an error message."""
+    """The last lines of a runner log, for an error message; reads at most the last 16 KiB."""
     try:
-        text = path.read_text(errors="replace")
+        with path.open("rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - _LOG_TAIL_BYTES))
+            text = handle.read().decode(errors="replace")
     except OSError:
         return ""
-    return " | ".join(line.strip() for line in text.splitlines()[-lines:] if line.strip())
+    kept = [line.strip()[:_LOG_LINE_CHARS] for line in text.splitlines()[-lines:]]
+    return " | ".join(line for line in kept if line)

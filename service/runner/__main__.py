@@ -31,6 +31,7 @@ from service.runner.pinning import (
 )
 from service.runner.protocol import RunnerConfig, RunnerError, RunnerModel, RunnerResult
 from service.runner.runlength import RunLength
+from service.runner.sandbox import confine
 
 if TYPE_CHECKING:
     from service.runner.loading import LoadedModel
@@ -88,6 +89,7 @@ def _non_negative_int(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    confine()  # first: die with the worker, take the rlimits it passed (untrusted models)
     args = parse_args(argv)
     result = RunnerResult(
         model=args.model,
