@@ -105,11 +105,14 @@ class Fleet:
     def watch_consumer(self, channel: AbstractChannel, consumer_tag: str) -> None:
         """The worker consumes now: the heartbeat follows that consumer from here on."""
 
+        timeout_s = self._settings.health.heartbeat_interval_s
+
         async def consuming() -> bool:
             if channel.is_closed:
                 return False
-            underlay = await channel.get_underlay_channel()
-            return consumer_tag in underlay.consumers
+            # While reconnecting, the robust channel may wait for its new underlying channel.
+            underlay = await asyncio.wait_for(channel.get_underlay_channel(), timeout_s)
+            return not underlay.is_closed and consumer_tag in underlay.consumers
 
         self.heartbeat.watch(consuming)
 
