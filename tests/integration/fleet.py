@@ -115,3 +115,12 @@ class Everything:
             while not predicate():
                 self.arrived.clear()
                 await self.arrived.wait()
+
+
+async def poll_until(predicate: Any, timeout_s: float, interval_s: float = 0.2) -> None:
+    """Wait until ``predicate()`` holds, for state outside the broker (processes, files, HTTP)."""
+    async with asyncio.timeout(timeout_s):
+        while True:
+            if predicate():
+                return
+            await asyncio.sleep(interval_s)

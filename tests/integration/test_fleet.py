@@ -23,7 +23,9 @@ from tests.integration.fleet import (
     disjoint_cpu_sets,
     fleet_config,
     perf_request,
+    poll_until,
 )
+from tests.integration.reliability import close_connections_of
 
 pytestmark = [pytest.mark.broker, pytest.mark.tensorflow]
 
@@ -183,6 +185,36 @@ async def test_check_passes_while_the_worker_consumes_and_fails_otherwise(
     assert killed.returncode == 1 and "gone" in killed.stdout
 
 
+async def test_a_lost_connection_is_counted_and_the_worker_serves_again(
+    amqp, workers, worker_config: Path, names: dict[str, str]
+) -> None:
+    """After the broker drops its connections, the worker reconnects, counts it, consumes,
+    answers check and hears cancels again."""
+    config = fleet_config(
+        worker_config, "reconnect", health=FAST_HEALTH, metrics={"port": 0, "host": "127.0.0.1"}
+    )
+    worker = start_worker(config, "--worker-id", "reconnector")
+    workers.append(worker)
+    await wait_for_consumer(amqp, names["requests_queue"])
+    port = heartbeat(config, "reconnector")["metrics_port"]
+    check = ("check", "--config", str(config), "--worker-id", "reconnector")
+    assert cli(*check).returncode == 0
+
+    assert len(close_connections_of(worker.pid, "fleet test")) == 2  # consume and publish
+
+    def reconnects() -> tuple[float, float]:
+        metrics = scrape(port)
+        return tuple(  # type: ignore[return-value]
+            metrics[("benchmark_worker_broker_reconnects_total", (("connection", name),))]
+            for name in ("consume", "publish")
+        )
+
+    await poll_until(lambda: reconnects() == (1, 1), timeout_s=60)
+    await wait_for_consumer(amqp, names["requests_queue"])
+    await poll_until(lambda: cli(*check).returncode == 0, timeout_s=30, interval_s=0.5)
+    assert cli("cancel", "nobody-runs-this", "--config", str(config)).returncode == 0
+
+
 async def wait_for_consumer_count(
     connection: aio_pika.abc.AbstractConnection, queue_name: str, count: int
 ) -> None:
@@ -204,11 +236,8 @@ async def wait_for_consumer_count(
 
 async def wait_for_runners(worker: WorkerProcess) -> list[int]:
     """The pids of the worker's runner processes, once there are some."""
-    async with asyncio.timeout(60):
-        while True:
-            if pids := runner_pids(worker):
-                return pids
-            await asyncio.sleep(0.1)
+    await poll_until(lambda: runner_pids(worker), timeout_s=60, interval_s=0.1)
+    return runner_pids(worker)
 
 
 def heartbeat(config: Path, worker_id: str) -> dict:
