@@ -15,7 +15,6 @@ from collections import Counter
 from datetime import UTC, datetime
 
 import aio_pika
-import aiormq
 import structlog
 from aio_pika.abc import AbstractExchange
 
@@ -81,7 +80,7 @@ class NodeStatusPublisher:
                 mandatory=False,
                 timeout=self._timeout_s,
             )
-        except (TimeoutError, aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
+        except Exception as exc:  # best effort: a lost status must never stop the loop
             log.warning("node_status_not_published", error=repr(exc))
             return
         log.debug("node_status_published", state=status.data.state)
