@@ -205,7 +205,12 @@ def test_sample_config_has_every_key_each_with_a_comment() -> None:
     load_settings(OPS / "worker.yaml", environ={})
     for section, field in Settings.model_fields.items():
         model = field.annotation
-        assert set(data[section]) == set(model.model_fields), section  # type: ignore[union-attr]
+        expected = set(model.model_fields)  # type: ignore[union-attr]
+        missing, extra = expected - set(data[section]), set(data[section]) - expected
+        assert not missing and not extra, (
+            f"ops/worker.yaml section {section}: add {sorted(missing)} (each with a comment "
+            f"above it), remove {sorted(extra)}"
+        )
     lines = text.splitlines()
     for number, line in enumerate(lines):
         if re.match(r"^\s+\w+:", line):
