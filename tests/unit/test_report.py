@@ -196,3 +196,13 @@ def test_report_verb_writes_beside_the_result_and_explains_a_missing_one(
     assert out.is_file()
     assert main(["report", str(tmp_path)]) == 2
     assert "no result.json" in capsys.readouterr().err
+
+
+def test_summary_docstring_example_runs() -> None:
+    """The comparison rows' documented example (shared by terminal, HTML and text) holds."""
+    import doctest
+
+    import service.summary
+
+    result = doctest.testmod(service.summary)
+    assert result.attempted > 0 and result.failed == 0
