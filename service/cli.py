@@ -74,7 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     samples = verbs.add_parser("sample-models", help="write a small real model pair and request")
     samples.add_argument("directory", type=Path)
-    samples.add_argument("--train-seconds", type=float, default=5.0)
+    samples.add_argument(
+        "--train-seconds",
+        type=float,
+        default=30.0,
+        help="cap on training time (it stops after a fixed number of epochs, ~2 s)",
+    )
 
     plan = verbs.add_parser("plan", help="print the CPU plan for N instances × M cores as JSON")
     plan.add_argument("--instances", type=int)

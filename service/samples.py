@@ -150,7 +150,7 @@ def predict_graph(graph_def: Any, input_name: str, output_name: str, x: np.ndarr
         return session.run(output_name, feed_dict={input_name: x})
 
 
-def write_sample_models(out_dir: Path, *, train_seconds: float = 5.0) -> Path:
+def write_sample_models(out_dir: Path, *, train_seconds: float = 30.0) -> Path:
     """Train and write the sample models into ``out_dir``; return the request.json path."""
     import keras
 

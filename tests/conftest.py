@@ -34,7 +34,7 @@ def sample_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The project's sample models, made once per session by the real CLI."""
     directory = tmp_path_factory.mktemp("samples")
     subprocess.run(
-        [sys.executable, "-m", "service", "sample-models", str(directory), "--train-seconds", "3"],
+        [sys.executable, "-m", "service", "sample-models", str(directory)],
         check=True,
         capture_output=True,
         timeout=300,
