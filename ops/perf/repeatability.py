@@ -9,14 +9,17 @@ coefficient of variation (sample std / mean) across runs of throughput (target <
 beside the mean within-run 95% interval half-width: between-run spread larger than the
 within-run interval means run-to-run effects (placement, frequency, neighbours) dominate.
 Runs the verdict flagged (e.g. other processes on our CPUs) are listed, and the CVs are also
-given over the valid runs alone.
+given over the valid runs alone. On a shared machine, ``--quiet-wait-s S`` waits (up to S
+seconds) before each run until the CPUs have been nearly idle for two seconds.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +70,22 @@ def summary(name: str, runs: list[dict[str, Any]]) -> None:
     )
 
 
+def wait_until_quiet(limit_s: float, idle_below: float = 0.05, window_s: float = 2.0) -> float:
+    """Wait until every CPU we may use was under ``idle_below`` busy over ``window_s``; the
+    busiest CPU's share at the end (``limit_s`` bounds the wait)."""
+    from service.runner import probes
+
+    cpus = sorted(os.sched_getaffinity(0))
+    deadline = time.monotonic() + limit_s
+    while True:
+        before = probes.snapshot(cpus)
+        time.sleep(window_s)
+        window = probes.window(cpus, before, probes.snapshot(cpus))
+        busiest = max(window.cpu_busy_fraction.values(), default=0.0)
+        if busiest < idle_below or time.monotonic() >= deadline:
+            return busiest
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -75,6 +94,8 @@ def main() -> int:
     parser.add_argument("--duration-s", type=float, default=5.0)
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--samples", type=Path, default=None)
+    parser.add_argument("--quiet-wait-s", type=float, default=0.0)
+    parser.add_argument("--instances", type=int, default=None, help="default: as many as fit")
     args = parser.parse_args()
     samples = sample_models(args.samples)
     settings = {
@@ -83,10 +104,15 @@ def main() -> int:
         "max_duration_s": args.duration_s * 4,
         "warmup_s": 1.0,
     }
+    if args.instances is not None:
+        settings.update(instances=args.instances, cores_per_instance=1)
     runs = []
     print(f"{'run':>3} {'inst':>4} {'samples/s':>10} {'±CI95':>7} {'p50 ms':>7} {'p99 ms':>7} "
           f"{'n':>7} {'foreign':>7}  verdict")  # fmt: skip
     for number in range(1, args.runs + 1):
+        if args.quiet_wait_s > 0:
+            busiest = wait_until_quiet(args.quiet_wait_s)
+            print(f"    (before run {number}: busiest CPU {busiest:.0%} over 2 s)")
         run = figures(worker_bench(samples, settings))
         runs.append(run)
         print(
