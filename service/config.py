@@ -81,6 +81,16 @@ class WorkerSettings(_Section):
     consumer_check_s: float = Field(
         default=30.0, gt=0, description="How often the worker checks its consumer is alive."
     )
+    reject_lane_prefetch: int = Field(
+        default=32,
+        ge=0,
+        le=2000,
+        description="Prefetch of the reject lane opened during a flood of undecodable bodies "
+        "(0: never open it).",
+    )
+    reject_lane_after: int = Field(
+        default=16, ge=1, description="Bodies rejected in a row that open the reject lane."
+    )
 
     @model_validator(mode="after")
     def _expand_paths(self) -> WorkerSettings:

@@ -35,7 +35,7 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from contracts import BenchmarkRequest, FinishEvent, ProgressEvent, StartEvent, error_finish
 from service import results
-from service.broker import Topology, connect, declare_topology
+from service.broker import Topology, connect, declare_topology, request_queue_arguments
 from service.config import Settings
 from service.consumer_watch import watch_consumer
 from service.errors import PublishFailed, RejectRequest, StepFailed
@@ -43,12 +43,15 @@ from service.executor.topology import CpuTopology
 from service.fleet import Fleet
 from service.intake import decode_request
 from service.publisher import EventPublisher
+from service.reject_lane import RejectLane
 from service.workload import run_workload, workload_directory
 
 log = structlog.get_logger()
 
 EXIT_CONSUMER_LOST = 3
 _CANCEL_TIMEOUT_S = 10
+_REJECT_LANE_QUIET_S = 1.0
+_CLOSE_TIMEOUT_S = 5.0
 
 
 def finish_log_fields(finish: FinishEvent) -> dict[str, Any]:
@@ -79,6 +82,8 @@ class Worker:
         self._handlers: set[asyncio.Task[Any]] = set()
         self._one_at_a_time = asyncio.Lock()
         self._publisher: EventPublisher | None = None
+        self._lane: RejectLane | None = None
+        self._claims = 0  # valid requests running or about to (not bad bodies)
         self.ready = asyncio.Event()
         self.exit_code = 0
 
@@ -103,6 +108,7 @@ class Worker:
             )
             self._publisher = EventPublisher(events, broker.publish_timeout_s)
             await self._fleet.start(consume_connection, publish_connection, events)
+            self._lane = await self._reject_lane(consume_connection)
             tag = await topology.requests.consume(self._on_message)
             self._fleet.watch_consumer(consume_channel, tag)
             watch = asyncio.create_task(
@@ -121,12 +127,72 @@ class Worker:
             self._fleet.stopping()
             watch.cancel()
             await _cancel_consumer(topology, tag)
+            if self._lane is not None:
+                await self._lane.close("shutdown", for_good=True)
             await self._drain()
         finally:
-            await self._fleet.stop()
-            await consume_connection.close()
-            await publish_connection.close()
+            await self._stop_fleet()
+            await _close(consume_connection, "consume")
+            await _close(publish_connection, "publish")
             log.info("worker_stopped")
+
+    async def _stop_fleet(self) -> None:
+        """The fleet's last status and heartbeat, bounded: a blocked broker must not keep the
+        worker from exiting."""
+        bound_s = self._settings.broker.publish_timeout_s + _CLOSE_TIMEOUT_S
+        try:
+            await asyncio.wait_for(self._fleet.stop(), bound_s)
+        except TimeoutError:
+            log.warning("fleet_stop_timed_out", timeout_s=bound_s)
+
+    async def _reject_lane(self, connection: aio_pika.abc.AbstractConnection) -> RejectLane | None:
+        """A second consumer for floods of bad bodies, on its own channel (see reject_lane)."""
+        prefetch = self._settings.worker.reject_lane_prefetch
+        if prefetch <= 1:
+            return None
+        broker = self._settings.broker
+        channel = await connection.channel()
+        await channel.set_qos(prefetch_count=prefetch)
+        queue = await channel.declare_queue(
+            broker.requests_queue, durable=True, arguments=request_queue_arguments(broker)
+        )
+        return RejectLane(
+            queue,
+            self._on_lane_message,
+            self._settings.worker.reject_lane_after,
+            _REJECT_LANE_QUIET_S,
+        )
+
+    async def _on_lane_message(self, message: AbstractIncomingMessage) -> None:
+        """Reject lane: dead-letter a bad body. A valid request closes the lane; it runs here
+        when the worker is idle (or it was handed back before), else it is handed back once."""
+        with structlog.contextvars.bound_contextvars(
+            delivery_tag=message.delivery_tag, body_bytes=len(message.body), lane="reject"
+        ):
+            try:
+                request = self._decode(message)
+            except RejectRequest as exc:
+                await self._reject(message, exc)
+                return
+            if self._lane is not None:
+                await self._lane.close("valid request")
+            if self._claims == 0 or message.redelivered:
+                self._claims += 1  # at once: a second valid request behind it is handed back
+                try:
+                    await self._on_message(message)
+                finally:
+                    self._claims -= 1
+                return
+            await _settle(message, "nack", requeue=True)
+            log.info("request_returned_to_queue", reason="reject_lane", workload_id=request.id)
+
+    def _decode(self, message: AbstractIncomingMessage) -> BenchmarkRequest:
+        return decode_request(
+            message.body,
+            content_type=message.content_type,
+            content_encoding=message.content_encoding,
+            max_body_bytes=self._settings.worker.max_body_bytes,
+        )
 
     async def _drain(self) -> None:
         """Let the current request finish within the grace period, else hand it back."""
@@ -177,15 +243,21 @@ class Worker:
 
     async def _handle(self, message: AbstractIncomingMessage, started: float) -> None:
         try:
-            request = decode_request(
-                message.body,
-                content_type=message.content_type,
-                content_encoding=message.content_encoding,
-                max_body_bytes=self._settings.worker.max_body_bytes,
-            )
+            request = self._decode(message)
         except RejectRequest as exc:
             await self._reject(message, exc)
             return
+        if self._lane is not None:
+            self._lane.accepted()
+        self._claims += 1
+        try:
+            await self._run_request(message, request, started)
+        finally:
+            self._claims -= 1
+
+    async def _run_request(
+        self, message: AbstractIncomingMessage, request: BenchmarkRequest, started: float
+    ) -> None:
         run_id = uuid.uuid4().hex[:12]
         digest = results.request_digest(request)
         labels = {"attempt": delivery_attempt(message), results.DIGEST_FIELD: digest}
@@ -265,6 +337,8 @@ class Worker:
             except PublishFailed as publish_error:
                 log.warning("rejection_not_published", error=str(publish_error))
         await _settle(message, "reject", requeue=False)
+        if self._lane is not None and not self._stop.is_set():
+            self._lane.rejected()
 
     async def _give_up_or_retry(
         self, message: AbstractIncomingMessage, workload_id: str, run_id: str
@@ -288,6 +362,15 @@ class Worker:
         if self._publisher is None:
             raise PublishFailed("the worker has no publishing channel yet")
         return self._publisher
+
+
+async def _close(connection: aio_pika.abc.AbstractConnection, name: str) -> None:
+    """Close within a bound: a connection the broker blocked (memory or disk alarm) never gets
+    its close frame out, and the worker must still exit."""
+    try:
+        await asyncio.wait_for(connection.close(), _CLOSE_TIMEOUT_S)
+    except Exception as exc:
+        log.warning("connection_close_failed", connection=name, error=repr(exc))
 
 
 def _delivery_channel_closed(message: AbstractIncomingMessage) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import uuid
 from pathlib import Path
 from typing import Any
@@ -171,3 +172,43 @@ async def test_paths_escaping_the_allowed_roots_are_refused_before_anything_is_o
     with pytest.raises(OSError):  # ENXIO: nobody holds the FIFO open for reading
         os.close(os.open(target, os.O_WRONLY | os.O_NONBLOCK))
     assert not (workspace / "workloads").exists()  # refused before any directory was made
+
+
+@pytest.mark.tensorflow
+async def test_a_flood_of_bad_bodies_opens_the_reject_lane_and_valid_requests_still_run_once(
+    amqp, amqp_url: str, worker, names: dict[str, str], sample_dir: Path
+) -> None:
+    """A backlog of bad bodies is dead-lettered through the reject lane; valid requests in the
+    middle of it (one benchmark, one quick failure right behind it) are each answered exactly
+    once, and every bad body is dead-lettered."""
+    benchmark = short_request(sample_dir)
+    quick = short_request(sample_dir)
+    quick["input_model"]["path"] = str(sample_dir / "missing.pb")  # a quick error finish
+    bad = [b'{"id": "flood-%d", ' % n for n in range(120)]
+    backlog = [*bad[:60], json.dumps(benchmark).encode(), json.dumps(quick).encode(), *bad[60:]]
+    async with subscribe(amqp_url, names["events_exchange"], binding="benchmark.#") as events:
+        worker.process.send_signal(signal.SIGSTOP)  # the flood arrives as a backlog
+        try:
+            for body in backlog:
+                await publish_json(amqp_url, names["requests_queue"], body)
+        finally:
+            worker.process.send_signal(signal.SIGCONT)
+        finishes = {}
+        while len(finishes) < 2:
+            finish = await events.until_finish(timeout_s=120)
+            finishes[finish.workload_id] = finish
+        dead = await dead_letters(await amqp.channel(), names["dead_letter_queue"], len(bad))
+        await events.settle(quiet_s=1)
+
+    assert sorted(e.workload_id for e in events.events if isinstance(e, FinishEvent)) == sorted(
+        [benchmark["id"], quick["id"]]
+    )
+    assert finishes[benchmark["id"]].status == "success"
+    assert "not found" in finishes[quick["id"]].data.message
+    assert sorted(dead) == sorted(bad)
+    lines = worker.log_lines()
+    assert "reject_lane_opened" in [line.get("event") for line in lines]
+    handed_back = [
+        line["workload_id"] for line in lines if line.get("event") == "request_returned_to_queue"
+    ]
+    assert len(handed_back) == len(set(handed_back)) <= 1  # at most once, never in a loop

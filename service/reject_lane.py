@@ -1,0 +1,104 @@
+"""Dead-lettering a flood of undecodable requests fast, without giving up prefetch 1.
+
+With prefetch 1 on a quorum queue, each delivery waits until the previous one's settlement is
+committed to the queue's Raft log: a few hundred to about a thousand rejections per second,
+whatever the worker does. A larger prefetch would let one busy worker hold requests that idle
+workers could run. So the worker keeps its prefetch-1 consumer, and after ``open_after``
+bodies in a row were rejected it opens a second consumer, the *reject lane*, with a larger
+prefetch on a channel of its own. A valid request that reaches the lane closes it (as does
+``quiet_s`` without a delivery); the worker runs that request itself when idle. Only a valid
+request that finds the worker busy, on its first delivery, is handed back to the queue (nack
+with requeue: once, since a redelivered one waits its turn instead; before RabbitMQ 4.3 that
+nack counts as a delivery attempt).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+import structlog
+from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
+
+log = structlog.get_logger()
+
+OnMessage = Callable[[AbstractIncomingMessage], Awaitable[None]]
+_CANCEL_TIMEOUT_S = 10
+
+
+class RejectLane:
+    """Opens after a run of rejections, closes on the first valid request or when quiet."""
+
+    def __init__(
+        self, queue: AbstractQueue, on_message: OnMessage, open_after: int, quiet_s: float
+    ) -> None:
+        self._queue = queue
+        self._on_message = on_message
+        self._open_after = open_after
+        self._quiet_s = quiet_s
+        self._rejects_in_a_row = 0
+        self._tag: str | None = None
+        self._last_delivery_s = 0.0
+        self._switching = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed_for_good = False
+
+    @property
+    def is_open(self) -> bool:
+        return self._tag is not None
+
+    def rejected(self) -> None:
+        """One more body rejected; open the lane after ``open_after`` in a row."""
+        self._rejects_in_a_row += 1
+        if self._rejects_in_a_row >= self._open_after and not self.is_open:
+            self._spawn(self._open())
+
+    def accepted(self) -> None:
+        """A valid request: the flood is over, close the lane."""
+        self._rejects_in_a_row = 0
+        if self.is_open:
+            self._spawn(self.close("valid request"))
+
+    async def close(self, reason: str, *, for_good: bool = False) -> None:
+        """Cancel the lane's consumer; with ``for_good`` (shutdown) it never opens again."""
+        self._rejects_in_a_row = 0
+        async with self._switching:
+            self._closed_for_good = self._closed_for_good or for_good
+            tag, self._tag = self._tag, None
+            if tag is None:
+                return
+            try:
+                await self._queue.cancel(tag, timeout=_CANCEL_TIMEOUT_S)
+            except Exception as exc:  # the channel is gone: nothing is consumed on it anyway
+                log.warning("reject_lane_cancel_failed", error=repr(exc))
+            log.info("reject_lane_closed", reason=reason)
+
+    async def _open(self) -> None:
+        async with self._switching:
+            if self.is_open or self._closed_for_good or self._rejects_in_a_row < self._open_after:
+                return
+            self._last_delivery_s = time.monotonic()
+            try:
+                self._tag = await self._queue.consume(self._deliver)
+            except Exception as exc:  # reconnecting: the prefetch-1 consumer carries on alone
+                log.warning("reject_lane_not_opened", error=repr(exc))
+                return
+            log.info("reject_lane_opened", after_rejections=self._rejects_in_a_row)
+        self._spawn(self._close_when_quiet())
+
+    async def _deliver(self, message: AbstractIncomingMessage) -> None:
+        self._last_delivery_s = time.monotonic()
+        await self._on_message(message)
+
+    async def _close_when_quiet(self) -> None:
+        while self.is_open:
+            await asyncio.sleep(self._quiet_s)
+            if time.monotonic() - self._last_delivery_s >= self._quiet_s:
+                await self.close("quiet")
+                return
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
