@@ -50,9 +50,7 @@ def short_request(sample_dir: Path, **benchmark: Any) -> dict[str, Any]:
 
 def long_request(sample_dir: Path, duration_s: float = 30, **benchmark: Any) -> dict[str, Any]:
     """A request whose measurement runs long enough to disturb it mid-benchmark."""
-    return short_request(
-        sample_dir, duration_s=duration_s, max_duration_s=duration_s, **benchmark
-    )
+    return short_request(sample_dir, duration_s=duration_s, max_duration_s=duration_s, **benchmark)
 
 
 def configure(config_path: Path, **sections: dict[str, Any]) -> Path:

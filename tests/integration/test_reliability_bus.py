@@ -386,3 +386,38 @@ async def test_sigterm_past_the_grace_period_kills_the_runners_and_requeues_the_
     assert not any(isinstance(e, FinishEvent) for e in events.events)
     assert (requeued, consumers) == (1, 0)
     assert "shutdown_grace_expired" in [line.get("event") for line in worker.log_lines()]
+
+
+async def test_a_request_that_keeps_killing_its_worker_ends_in_the_dead_letters(
+    worker_config: Path, amqp_url: str, names: dict[str, str], sample_dir: Path, tmp_path: Path
+) -> None:
+    """A request whose worker dies every time is not retried forever: past the queue's delivery
+    limit the broker dead-letters it (unchanged, x-death reason delivery_limit)."""
+    configure(worker_config, broker={"delivery_limit": 1})
+    request = long_request(sample_dir, duration_s=30)
+    for attempt in (1, 2):
+        worker = launch_worker(worker_config)
+        try:
+            await await_consumer(amqp_url, names["requests_queue"])
+            if attempt == 1:
+                await publish_json(amqp_url, names["requests_queue"], request)
+            await wait_for_runner(worker, tmp_path / "workspace", request)
+        finally:
+            kill_quietly(worker)
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        dead = await channel.declare_queue(names["dead_letter_queue"], passive=True)
+        message = None
+        for _ in range(100):
+            message = await dead.get(fail=False)
+            if message is not None:
+                break
+            await asyncio.sleep(0.1)
+        assert message is not None, "nothing dead-lettered"
+        await message.ack()
+    requests_left, _ = await queue_counts(amqp_url, names["requests_queue"])
+
+    assert json.loads(message.body) == request
+    assert message.headers["x-death"][0]["reason"] == "delivery_limit"
+    assert requests_left == 0

@@ -37,6 +37,7 @@ from tests.integration.reliability import (
 
 pytestmark = [pytest.mark.broker, pytest.mark.tensorflow]
 
+
 async def test_runners_get_no_secrets_their_rlimits_and_no_shell(
     worker_config: Path, amqp_url: str, names: dict[str, str], sample_dir: Path, tmp_path: Path
 ) -> None:
