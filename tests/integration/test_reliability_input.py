@@ -64,12 +64,17 @@ def _bad_bodies(sample_dir: Path) -> list[tuple[str, bytes, dict[str, Any], str 
         ("malformed_json", b'{"id": "broken", ', {}, None),
         ("not_utf8", b'{"id": "\xff\xfe"}', {}, None),
         ("content_type", json.dumps(good_shape).encode(), {"content_type": "text/plain"}, None),
+        ("encoding", json.dumps(good_shape).encode(), {"content_encoding": "gzip"}, None),
         ("too_large", json.dumps(oversized).encode(), {}, None),
         ("not_an_object", b"[1, 2, 3]", {}, None),
         ("unroutable_id", json.dumps(unroutable).encode(), {}, None),
         ("schema_invalid", json.dumps(schema_invalid).encode(), {}, routable),
         ("unbounded_echo", json.dumps(unbounded).encode(), {}, huge),
     ]
+
+
+def routable_case(bad: list[tuple[str, bytes, dict[str, Any], str | None]]) -> str:
+    return next(case_id for case, *_, case_id in bad if case == "schema_invalid" and case_id)
 
 
 @pytest.mark.tensorflow
@@ -96,7 +101,7 @@ async def test_bad_bodies_are_dead_lettered_unchanged_and_the_worker_carries_on(
         assert finish.status == "error" and finish.data.step == "validate"
         assert len(finish.data.message) < MAX_MESSAGE_CHARS, finish.data.message
         assert "M" * 300 not in finish.data.message and "Z" * 300 not in finish.data.message
-    assert "input_model.precision" in finishes[bad[6][3]].data.message
+    assert "input_model.precision" in finishes[routable_case(bad)].data.message
     assert not any(isinstance(e, StartEvent) for e in events.events if e.workload_id != good["id"])
 
     dead = await dead_letters(await amqp.channel(), names["dead_letter_queue"], len(bad))
@@ -104,7 +109,8 @@ async def test_bad_bodies_are_dead_lettered_unchanged_and_the_worker_carries_on(
 
     rejected = [line for line in worker.log_lines() if line.get("event") == "request_rejected"]
     assert sorted(line["reason"] for line in rejected) == sorted(
-        ["malformed_json", "not_utf8", "unsupported_content_type", "too_large",
+        ["malformed_json", "not_utf8", "unsupported_content_type",
+         "unsupported_content_encoding", "too_large",
          "schema_invalid", "schema_invalid", "schema_invalid", "schema_invalid"]
     )  # fmt: skip
     too_large = next(line for line in rejected if line["reason"] == "too_large")
