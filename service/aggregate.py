@@ -12,9 +12,10 @@ Confidence intervals (95%, bootstrap, :mod:`service.stats`):
 
 * throughput: each instance's inter-completion intervals inside the common window (time from
   the window start to its first completion, then between completions) are resampled in
-  moving blocks; a replicate is Σ over instances of ``batch_size / mean interval``. Intervals,
-  not latencies, because throughput also pays for the time between calls.
-* median latency: each instance's latency series resampled in moving blocks, pooled, median.
+  blocks of consecutive batches; a replicate is Σ over instances of ``batch_size / mean
+  interval``. Intervals, not latencies, because throughput also pays for the time between
+  calls.
+* median latency: each instance's latency series resampled in blocks, pooled, median.
 * speedup: optimized over input throughput replicates (independent runs, seeds per model).
 """
 

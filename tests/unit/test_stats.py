@@ -199,7 +199,7 @@ def _coverage_on_correlated_intervals(trials: int = 200) -> float:
 def test_blocks_keep_coverage_when_consecutive_batches_are_correlated(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """AR(1) intervals (phi 0.5): moving blocks cover; single-batch resampling falls short."""
+    """AR(1) intervals (phi 0.5): blocks cover; single-batch resampling falls short."""
     with_blocks = _coverage_on_correlated_intervals()
     monkeypatch.setattr(stats, "block_length", lambda n: 1)
     single_batches = _coverage_on_correlated_intervals()
