@@ -229,7 +229,8 @@ class Worker:
             await asyncio.shield(self._abandon(message))
             raise
         finally:
-            self._current = None
+            if self._current is task:
+                self._current = None
             self._handlers.discard(task)
 
     async def _abandon(self, message: AbstractIncomingMessage) -> None:
