@@ -79,6 +79,9 @@ class LoadedModel:
     run: Callable[..., list[np.ndarray]]
     intra_op_threads: int
     inter_op_threads: int
+    timed_run: Callable[..., Any] = field(repr=False)
+    """The callable the timed loop uses: the bare output tensor when there is one output
+    (a list fetch costs ~2% on a small model at batch 1, measured), else the list."""
     output_shapes: list[list[int | None] | None] = field(default_factory=list)
 
     def close(self) -> None:
@@ -277,6 +280,9 @@ def _make_session(
     session = tf.compat.v1.Session(graph=graph, config=config)
     try:
         run = session.make_callable(fetches, feed_list=feeds)
+        timed_run = (
+            session.make_callable(fetches[0], feed_list=feeds) if len(fetches) == 1 else run
+        )
     except Exception as exc:
         session.close()
         raise StepError(STEP, f"could not prepare the session: {_reason(exc)}") from None
@@ -285,6 +291,7 @@ def _make_session(
         inputs=infos,
         outputs=output_names,
         run=run,
+        timed_run=timed_run,
         intra_op_threads=cpu_count,
         inter_op_threads=1,
         output_shapes=[_shape(tensor) for tensor in fetches],

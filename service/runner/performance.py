@@ -110,7 +110,10 @@ def warm_up(
     started = time.perf_counter()
     done = 0
     while not warmup_done(done, time.perf_counter() - started, iterations, min_s):
-        call_model(model, feeds, "warmup")
+        try:
+            model.timed_run(*feeds)
+        except tf.errors.OpError as exc:
+            raise StepError("warmup", f"inference failed: {op_error_text(exc)}") from None
         done += 1
     return done, time.perf_counter() - started
 
@@ -171,7 +174,7 @@ def measure(
     Inside the loop: the call, two clock reads, two appends and the stop check. The /proc and
     sysfs snapshots are taken just outside it.
     """
-    run = model.run
+    run = model.timed_run
     stop_reason = rule.stop_reason
     latencies_ms: list[float] = []
     end_times_s: list[float] = []
