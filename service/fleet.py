@@ -33,10 +33,10 @@ from service.health import Heartbeat, default_heartbeat_file
 from service.metrics import Metrics
 from service.node import NodeIdentity
 from service.node_status import NodeActivity, NodeStatusPublisher
+from service.workload import Emit
 
 log = structlog.get_logger()
 
-Emit = Callable[[StartEvent | ProgressEvent], Awaitable[None]]
 Work = Callable[[Emit], Awaitable[FinishEvent]]
 QUEUED_STEP = "queued"
 _CONTROL_PREFETCH = 100

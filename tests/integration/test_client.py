@@ -19,7 +19,7 @@ from contracts import BenchmarkRequest, FinishEvent, ProgressEvent, StartEvent
 from contracts.client import BenchmarkClient, PublishFailed, QueueMissing
 from tests.conftest import REPO
 from tests.integration.bus import WorkerProcess
-from tests.integration.clients import amqp_fixture, short_request, worker_fixture  # noqa: F401
+from tests.integration.clients import short_request
 
 pytestmark = [pytest.mark.broker]
 

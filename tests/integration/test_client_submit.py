@@ -21,7 +21,7 @@ from contracts import FinishEvent, parse_event
 from service.cli import main
 from service.summary import comparison_rows
 from tests.conftest import REPO, worker_environment
-from tests.integration.clients import amqp_fixture, short_request, worker_fixture  # noqa: F401
+from tests.integration.clients import short_request
 
 pytestmark = [pytest.mark.broker]
 

@@ -7,7 +7,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import aio_pika
 import numpy as np
 import psutil
 import pytest
@@ -17,8 +16,6 @@ from tests.integration.bus import (
     EventCollector,
     dead_letters,
     publish_request,
-    start_worker,
-    wait_for_consumer,
 )
 
 pytestmark = [pytest.mark.broker, pytest.mark.tensorflow]
@@ -56,31 +53,6 @@ def independent_accuracy(model_path: str, dataset_path: str) -> float:
     with tf.compat.v1.Session(graph=graph) as session:
         logits = session.run(outputs[0].outputs[0], {placeholders[0].outputs[0]: data["x"]})
     return float(np.mean(np.argmax(logits, axis=1) == data["y"]))
-
-
-@pytest.fixture
-async def amqp(amqp_url: str):
-    connection = await aio_pika.connect(amqp_url)
-    async with connection:
-        yield connection
-
-
-@pytest.fixture
-async def bus(amqp):
-    return await amqp.channel()
-
-
-@pytest.fixture
-async def worker(worker_config: Path, names: dict[str, str], amqp):
-    process = start_worker(worker_config)
-    try:
-        await wait_for_consumer(amqp, names["requests_queue"])
-        yield process
-    finally:
-        code = process.terminate()
-        assert code == 0, (
-            f"worker exited with {code}; log: {process.stderr_path.read_text()[-2000:]}"
-        )
 
 
 async def test_seed_request_yields_start_progress_and_one_success_finish(

@@ -33,18 +33,6 @@ FAST_HEALTH = {"heartbeat_interval_s": 0.5, "stale_after_s": 5}
 
 
 @pytest.fixture
-async def amqp(amqp_url: str):
-    connection = await aio_pika.connect(amqp_url)
-    async with connection:
-        yield connection
-
-
-@pytest.fixture
-async def bus(amqp):
-    return await amqp.channel()
-
-
-@pytest.fixture
 def workers():
     """Worker processes started by a test; each must exit 0 on SIGTERM (also on failure)."""
     started: list[WorkerProcess] = []

@@ -28,15 +28,6 @@ MAX_MESSAGE_CHARS = 2000
 
 
 @pytest.fixture
-async def amqp(amqp_url: str):
-    import aio_pika
-
-    connection = await aio_pika.connect(amqp_url)
-    async with connection:
-        yield connection
-
-
-@pytest.fixture
 async def worker(worker_config: Path, names: dict[str, str], amqp):
     configure(worker_config, worker={"max_body_bytes": MAX_BODY_BYTES})
     process = launch_worker(worker_config)
