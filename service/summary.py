@@ -124,6 +124,13 @@ def summary_table(finish: FinishEvent) -> str:
     for row in comparison_rows(data):
         base, new = row.cells()
         lines.append(f"{row.label:24} {base:>15} {new:>15} {row.change_text():>9}")
+    interval = data.get("speedup_ci95")
+    if isinstance(interval, list) and len(interval) == 2:
+        lines.append(f"speedup 95% interval: {interval[0]:.3f} .. {interval[1]:.3f}")
+    verdict = data.get("verdict")
+    if isinstance(verdict, dict):
+        reasons = [r.get("message", r.get("code")) for r in verdict.get("reasons", [])]
+        lines.append(f"verdict: {verdict.get('status')}" + "".join(f"; {r}" for r in reasons))
     return "\n".join(lines)
 
 
