@@ -57,15 +57,15 @@ def start_worker(config_path: Path, *extra: str) -> WorkerProcess:
 
 
 async def wait_for_consumer(
-    connection: AbstractConnection, queue_name: str, timeout_s: float = 60
+    connection: AbstractConnection, queue_name: str, timeout_s: float = 60, count: int = 1
 ) -> None:
-    """Wait until the worker consumes from its queue (it declares the queue itself)."""
+    """Wait until ``count`` workers consume from the queue (they declare it themselves)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         probe = await connection.channel()  # a failed passive declare closes it
         try:
             queue = await probe.declare_queue(queue_name, passive=True)
-            if queue.declaration_result.consumer_count >= 1:
+            if queue.declaration_result.consumer_count >= count:
                 return
         except aio_pika.exceptions.ChannelClosed:
             pass

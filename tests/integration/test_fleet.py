@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
 import urllib.request
 from collections import Counter
 from pathlib import Path
 
-import aio_pika
 import psutil
 import pytest
 import yaml
@@ -62,7 +60,7 @@ async def test_three_workers_share_six_requests_each_run_once_and_report_status(
         worker_id = f"w{number}"
         workers.append(start_worker(config, "--cpus", cpus, "--worker-id", worker_id))
         node_ids.append(make_node_id(hostname, worker_id))
-    await wait_for_consumer_count(amqp, names["requests_queue"], 3)
+    await wait_for_consumer(amqp, names["requests_queue"], count=3)
     requests = [perf_request(sample_dir) for _ in range(6)]
     for request in requests:
         await publish_request(bus, names["requests_queue"], json.dumps(request).encode())
@@ -201,25 +199,6 @@ async def test_a_lost_connection_is_counted_and_the_worker_serves_again(
     await wait_for_consumer(amqp, names["requests_queue"])
     await poll_until(lambda: cli(*check).returncode == 0, timeout_s=30, interval_s=0.5)
     assert cli("cancel", "nobody-runs-this", "--config", str(config)).returncode == 0
-
-
-async def wait_for_consumer_count(
-    connection: aio_pika.abc.AbstractConnection, queue_name: str, count: int
-) -> None:
-    """Wait until ``count`` workers consume from the queue."""
-    async with asyncio.timeout(60):
-        while True:
-            channel = await connection.channel()
-            try:
-                queue = await channel.declare_queue(queue_name, passive=True)
-                if queue.declaration_result.consumer_count >= count:
-                    return
-            except aio_pika.exceptions.ChannelClosed:
-                pass
-            finally:
-                if not channel.is_closed:
-                    await channel.close()
-            await asyncio.sleep(0.2)
 
 
 async def wait_for_runners(worker: WorkerProcess) -> list[int]:
