@@ -27,6 +27,7 @@ from .routing import WORKLOAD_ID_PATTERN
 Mode = Literal["performance", "accuracy"]
 ModelRole = Literal["input_model", "optimized_model"]
 MODE_ORDER: tuple[Mode, ...] = ("performance", "accuracy")
+OneDnn = Literal["auto", "on", "off"]
 MODE_ALIASES = {"benchmark": "performance", "performance": "performance", "accuracy": "accuracy"}
 
 SCHEMA_VERSION = 1
@@ -174,6 +175,13 @@ class BenchmarkSettings(Contract):
         default=None,
         gt=0,
         description="Time limit for the whole request. Default and maximum: the worker's config.",
+    )
+    onednn: OneDnn | None = Field(
+        default=None,
+        description="TensorFlow's oneDNN for every runner of both models: 'on', 'off', or "
+        "'auto' (on when a model holds ops that run only on oneDNN, such as INC's int8 ops, "
+        "or when TensorFlow enables it by default on the worker's CPU). Default: the worker's "
+        "setting (worker.onednn, itself 'auto' by default).",
     )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
@@ -87,6 +87,11 @@ class WorkerSettings(_Section):
         le=2000,
         description="Prefetch of the reject lane opened during a flood of undecodable bodies "
         "(0: never open it).",
+    )
+    onednn: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="oneDNN for requests that do not set benchmark.onednn: auto (on for "
+        "graphs that need it and on CPUs where TensorFlow enables it by default), on or off.",
     )
     reject_lane_after: int = Field(
         default=16, ge=1, description="Bodies rejected in a row that open the reject lane."

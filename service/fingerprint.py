@@ -46,6 +46,34 @@ def _read(path: Path) -> str | None:
         return None
 
 
+# CPU features that choose TensorFlow's and oneDNN's kernels (x86 /proc/cpuinfo names, then
+# Arm's): results from different kernel paths never share a fingerprint id.
+KERNEL_FEATURES = (
+    "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
+    "avx512_fp16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16",
+    "asimd", "asimddp", "sve", "sve2", "i8mm", "bf16",
+)  # fmt: skip
+
+
+def read_cpuinfo() -> str:
+    return _read(PROC_CPUINFO) or ""
+
+
+def cpu_flags(cpuinfo_text: str) -> set[str]:
+    """The first processor's feature flags (``flags`` on x86, ``Features`` on Arm)."""
+    for line in cpuinfo_text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return set(value.split())
+    return set()
+
+
+def kernel_features(cpuinfo_text: str) -> list[str]:
+    """The :data:`KERNEL_FEATURES` this CPU has, in that order."""
+    flags = cpu_flags(cpuinfo_text)
+    return [feature for feature in KERNEL_FEATURES if feature in flags]
+
+
 def _cpu_model(cpuinfo_text: str) -> dict[str, str]:
     """The first processor's identity from ``/proc/cpuinfo``."""
     out: dict[str, str] = {}
@@ -122,8 +150,9 @@ def machine_facts(cpus: Iterable[int]) -> dict[str, Any]:
     """What the worker reads about the machine and the ``cpus`` its runners use."""
     cpu_list = sorted(set(cpus))
     frequency, observed = _frequency(cpu_list)
+    cpuinfo = read_cpuinfo()
     return {
-        "cpu": _cpu_model(_read(PROC_CPUINFO) or ""),
+        "cpu": {**_cpu_model(cpuinfo), "features": kernel_features(cpuinfo)},
         "topology": _topology(),
         "frequency": frequency,
         "os": {
@@ -215,6 +244,7 @@ def runner_facts(details: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "tensorflow_version": details.get("tensorflow_version"),
         "onednn_enabled": details.get("onednn_enabled"),
+        "onednn_effective": (details.get("onednn") or {}).get("effective"),
         "TF_ENABLE_ONEDNN_OPTS": environment.get("TF_ENABLE_ONEDNN_OPTS", "unset (default)"),
         "thread_environment": environment,
     }

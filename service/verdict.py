@@ -1,7 +1,10 @@
 """Whether a step's figures can be signed: ``valid`` or ``invalid``, with reasons.
 
 Pure functions over the figures :mod:`service.aggregate` produces (plain dicts, as published).
-A *reason* makes the result invalid; a *warning* is worth knowing but does not. Each is
+A *reason* makes the result invalid: the figure is wrong or not comparable (too few samples,
+foreign CPU load, steal, throttling, a pinning mismatch, steps run under different runtime
+settings). A *warning* is worth knowing but does not: latency spread and wide intervals are
+the natural spread of short calls, not wrong numbers. Each is
 ``{"code", "message"}`` (plus ``step`` in the overall verdict). Thresholds are module
 constants, published with the verdict and documented in the README.
 """
@@ -18,7 +21,7 @@ VALID, INVALID = "valid", "invalid"
 # Percentiles a performance step must back with enough samples; p99.9 is reported when it can
 # be and only warned about when it cannot.
 REQUIRED_PERCENTILES = (50.0, 90.0, 99.0)
-SPREAD_INVALID = 0.25  # latency IQR/median: PyTorch's "significant environmental influence"
+SPREAD_LARGE = 0.25  # latency IQR/median: PyTorch's "significant environmental influence"
 SPREAD_WARNING = 0.10  # PyTorch's "system fluctuation"
 FOREIGN_BUSY_INVALID = 0.10  # other processes' share of our CPUs, beyond the tick resolution
 FOREIGN_BUSY_WARNING = 0.03
@@ -27,7 +30,7 @@ CI_WIDTH_WARNING = 0.05  # throughput 95% interval half-width relative to the es
 
 THRESHOLDS = {
     "required_percentiles": list(REQUIRED_PERCENTILES),
-    "latency_iqr_over_median_invalid": SPREAD_INVALID,
+    "latency_iqr_over_median_large_warning": SPREAD_LARGE,
     "latency_iqr_over_median_warning": SPREAD_WARNING,
     "foreign_busy_fraction_invalid": FOREIGN_BUSY_INVALID,
     "foreign_busy_fraction_warning": FOREIGN_BUSY_WARNING,
@@ -58,7 +61,7 @@ def performance_verdict(
     warnings: list[Item] = []
     _check_samples(figures, reasons, warnings)
     _check_stop(figures, reasons)
-    _check_spread(figures, reasons, warnings)
+    _check_spread(figures, warnings)
     for instance in figures.get("per_instance", []):
         _check_cpu_window(instance, reasons, warnings)
         if instance.get("straggler"):
@@ -109,16 +112,17 @@ def _check_stop(figures: Mapping[str, Any], reasons: list[Item]) -> None:
         )
 
 
-def _check_spread(figures: Mapping[str, Any], reasons: list[Item], warnings: list[Item]) -> None:
+def _check_spread(figures: Mapping[str, Any], warnings: list[Item]) -> None:
+    """Spread and wide intervals are warnings: the natural spread of short calls is not a
+    wrong number. The evidence (the ratio, the interval) stays in the item."""
     ratio = figures.get("latency_iqr_over_median")
     if ratio is not None and ratio > SPREAD_WARNING:
-        target, limit = (
-            (reasons, SPREAD_INVALID) if ratio > SPREAD_INVALID else (warnings, SPREAD_WARNING)
-        )
-        target.append(
+        limit = SPREAD_LARGE if ratio > SPREAD_LARGE else SPREAD_WARNING
+        note = ": latencies vary a lot from call to call" if limit == SPREAD_LARGE else ""
+        warnings.append(
             _item(
                 "latency_spread",
-                f"latency IQR/median is {ratio:.1%}, above {limit:.0%}",
+                f"latency IQR/median is {ratio:.1%}, above {limit:.0%}{note}",
                 value=ratio,
                 threshold=limit,
             )
@@ -223,7 +227,7 @@ def overall(
     extra_warnings: Iterable[Item] = (),
 ) -> dict[str, Any]:
     """Every step's verdict in one: invalid if any step is invalid."""
-    reasons: list[Item] = []
+    reasons: list[Item] = runtime_mismatches(execution_details)
     warnings: list[Item] = []
     for model_key, modes in execution_details.items():
         for mode, details in modes.items():
@@ -232,3 +236,34 @@ def overall(
             reasons += [{**r, "step": step} for r in step_verdict.get("reasons", [])]
             warnings += [{**w, "step": step} for w in step_verdict.get("warnings", [])]
     return {**_verdict(reasons, [*warnings, *extra_warnings]), "thresholds": THRESHOLDS}
+
+
+RUNTIME_KEYS = {
+    "tensorflow_version": "TensorFlow version",
+    "onednn_enabled": "oneDNN as TensorFlow reports it",
+}
+
+
+def runtime_mismatches(
+    execution_details: Mapping[str, Mapping[str, Mapping[str, Any]]],
+) -> list[Item]:
+    """Steps that ran under different runtime settings cannot be compared: one reason each."""
+    seen: dict[str, dict[str, list[str]]] = {key: {} for key in RUNTIME_KEYS}
+    for model_key, modes in execution_details.items():
+        for mode, details in modes.items():
+            step = f"{model_key.removesuffix('_benchmark')}/{mode}"
+            for key in RUNTIME_KEYS:
+                seen[key].setdefault(str(details.get(key)), []).append(step)
+    out: list[Item] = []
+    for key, by_value in seen.items():
+        if len(by_value) > 1:
+            shown = "; ".join(f"{value} in {', '.join(steps)}" for value, steps in by_value.items())
+            out.append(
+                _item(
+                    "runtime_mismatch",
+                    f"the steps ran under different {RUNTIME_KEYS[key]}: {shown}",
+                    setting=key,
+                    values=by_value,
+                )
+            )
+    return out

@@ -29,7 +29,7 @@ from contracts import (
     error_finish,
     step_key,
 )
-from service import aggregate
+from service import aggregate, preflight
 from service import results as result_store
 from service.config import Settings
 from service.errors import StepFailed
@@ -44,6 +44,7 @@ from service.executor.launch import (
 from service.executor.memory import memory_binding
 from service.executor.planner import InstancePlan, Plan, PlanError, accuracy_plan, plan_instances
 from service.executor.topology import CpuTopology
+from service.onednn import OneDnnDecision
 from service.paths import VALIDATE_STEP, model_format, require_existing, resolve_allowed
 from service.runner.protocol import RunnerConfig, RunnerModel
 from service.runner.sandbox import RunnerLimits
@@ -66,8 +67,13 @@ class Workload:
     plan: Plan
     config: RunnerConfig
     topology: CpuTopology
+    onednn: OneDnnDecision
     extra: dict[str, Any] = field(default_factory=dict)
     limits: RunnerLimits = field(default_factory=RunnerLimits)
+
+    @property
+    def runner_cpus(self) -> list[int]:
+        return sorted({cpu for instance in self.plan.instances for cpu in instance.cpus})
 
 
 def prepare(
@@ -76,7 +82,10 @@ def prepare(
     topology: CpuTopology,
     run_id: str,
 ) -> Workload:
-    """Check paths against the allowed roots, plan the CPUs, write a fresh ``config.yaml``."""
+    """Check paths against the allowed roots, decide oneDNN, plan CPUs, write ``config.yaml``.
+
+    Reads the model files (op types): run it in a thread.
+    """
     roots = settings.worker.effective_roots()
     models: dict[ModelRole, RunnerModel] = {}
     for role, spec in request.models():
@@ -96,6 +105,7 @@ def prepare(
     except PlanError as exc:
         raise StepFailed("plan", str(exc)) from None
     settings_ = request.benchmark
+    decision = preflight.decide(settings_.onednn or settings.worker.onednn, models)
     config = RunnerConfig(
         id=request.id,
         models=models,
@@ -110,6 +120,7 @@ def prepare(
         topk=settings_.metric.topk,
         inputs=list(settings_.inputs) if settings_.inputs else None,
         outputs=list(settings_.outputs) if settings_.outputs else None,
+        onednn=decision.effective,
     )
     try:
         if directory.exists():
@@ -123,7 +134,7 @@ def prepare(
     limits = runner_limits(settings.worker, max(len(i.cpus) for i in plan.instances))
     return Workload(
         request, run_id, directory, directory / "config.yaml", plan, config, topology,
-        limits=limits,
+        onednn=decision, limits=limits,
     )  # fmt: skip
 
 
@@ -162,9 +173,17 @@ async def run_workload(
     extra = {"run_id": run_id, **(labels or {}), **({"node": node} if node else {})}
     try:
         async with asyncio.timeout(timeout_s):
-            workload = prepare(request, settings, topology, run_id)
+            workload = await asyncio.to_thread(prepare, request, settings, topology, run_id)
             await emit(StartEvent(data=StartData(id=request.id, message="started", **extra)))
-            finish = await _run_steps(workload, emit, tracker, extra)
+            tracker.current = preflight.STEP
+            checked = await preflight.check(
+                preflight.preflight_launch(
+                    workload.config_path, workload.directory, workload.runner_cpus
+                ),
+                workload.onednn,
+                workload.limits,
+            )
+            finish = await _run_steps(workload, emit, tracker, {**extra, "preflight": checked})
     except TimeoutError:
         finish = error_finish(
             request.id,
@@ -187,8 +206,7 @@ async def _run_steps(
     request = workload.request
     steps = request.steps()
     payload: dict[str, Any] = {"id": request.id, "execution_details": {}, **extra}
-    runner_cpus = sorted({cpu for instance in workload.plan.instances for cpu in instance.cpus})
-    signoff = await SignOff.collect(workload.config, runner_cpus)  # machine facts, model hashes
+    signoff = await SignOff.collect(workload.config, workload.runner_cpus)  # machine, hashes
     for number, (role, spec, mode) in enumerate(steps, start=1):
         tracker.current = f"{role}/{mode}"
         try:
@@ -254,6 +272,7 @@ async def _run_step(
     details["outputs"] = results[0].outputs
     details["tensorflow_version"] = results[0].tensorflow_version
     details["onednn_enabled"] = results[0].onednn_enabled
+    details["onednn"] = workload.onednn.details(results[0].onednn_enabled)
     details["thread_environment"] = results[0].thread_environment
     return details, headline
 

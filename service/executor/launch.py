@@ -153,6 +153,20 @@ async def run_instances(
     return _collect(launches, processes)
 
 
+async def run_process(launch: InstanceLaunch, limits: RunnerLimits | None = None) -> int | None:
+    """Run one child (the pre-flight check) to its end; its exit code.
+
+    Cancelling the calling task kills it and its process group, as for a step's runners.
+    """
+    processes: list[asyncio.subprocess.Process] = []
+    try:
+        processes.append(await _start(launch, 0, limits))
+        return await processes[0].wait()
+    finally:
+        _kill_group(processes)
+        await asyncio.shield(_reap(processes))
+
+
 async def _start(
     launch: InstanceLaunch, process_group: int, limits: RunnerLimits | None
 ) -> asyncio.subprocess.Process:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
+from service.runner.onednn_check import import_tensorflow, set_onednn
 from service.runner.pinning import (
     StepError,
     observed_cpus,
@@ -119,6 +120,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace, result: RunnerResult, progress: Progress) -> None:
     """Pin, load, benchmark; fill ``result`` as it goes."""
+    progress.step = "load_config"
+    config = read_config(args.config)
+    spec = pick_model(config, args.model, args.config)
+    result.batch_size = config.batch_size
+    set_onednn(config.onednn)
     progress.step = "pin_cpus"
     cpus = parse_cpus(args.cpus)
     result.cpus_planned = cpus
@@ -127,15 +133,8 @@ def run(args: argparse.Namespace, result: RunnerResult, progress: Progress) -> N
     result.thread_environment = runner_thread_environment()
     result.intra_op_threads = threads
     result.inter_op_threads = 1
-    progress.step = "load_config"
-    config = read_config(args.config)
-    spec = pick_model(config, args.model, args.config)
-    result.batch_size = config.batch_size
     progress.step = "import_tensorflow"
-    import tensorflow as tf
-
-    result.tensorflow_version = tf.__version__
-    result.onednn_enabled = _onednn_enabled()
+    result.tensorflow_version, result.onednn_enabled = import_tensorflow(config.onednn)
     from service.runner.loading import load_model
 
     progress.step = "load_model"
@@ -182,9 +181,8 @@ def run_performance(
     from service.runner import performance
 
     progress.step = "prepare_inputs"
-    feeds = performance.synthetic_inputs(
-        model.inputs, config.batch_size, sample_shape=_dataset_sample_shape(model, config)
-    )
+    sample_shape = performance.dataset_sample_shape(model, config.dataset)
+    feeds = performance.synthetic_inputs(model.inputs, config.batch_size, sample_shape=sample_shape)
     progress.step = "first_inference"
     result.first_inference_s = performance.first_inference_s(model, feeds)
     rule = run_length(config)
@@ -210,27 +208,6 @@ def run_length(config: RunnerConfig) -> RunLength:
         )
     except ValueError as exc:
         raise StepError("load_config", f"run-length settings are not valid: {exc}") from None
-
-
-def _onednn_enabled() -> bool | None:
-    """Whether this TensorFlow build runs oneDNN (MKL) kernels, as TensorFlow reports it."""
-    try:
-        from tensorflow.python.util import _pywrap_util_port
-
-        return bool(_pywrap_util_port.IsMklEnabled())
-    except (ImportError, AttributeError):
-        return None
-
-
-def _dataset_sample_shape(model: LoadedModel, config: RunnerConfig) -> tuple[int, ...] | None:
-    """The dataset's sample shape, read only when an input has unknown non-batch dims."""
-    unknown = any(None in info.shape[1:] for info in model.inputs)
-    if not unknown or config.dataset is None or len(model.inputs) != 1:
-        return None
-    from service.runner.accuracy import read_arrays
-
-    _, x, _ = read_arrays(config.dataset)
-    return tuple(int(dim) for dim in x.shape[1:])
 
 
 def run_accuracy(

@@ -280,9 +280,7 @@ def _make_session(
     session = tf.compat.v1.Session(graph=graph, config=config)
     try:
         run = session.make_callable(fetches, feed_list=feeds)
-        timed_run = (
-            session.make_callable(fetches[0], feed_list=feeds) if len(fetches) == 1 else run
-        )
+        timed_run = session.make_callable(fetches[0], feed_list=feeds) if len(fetches) == 1 else run
     except Exception as exc:
         session.close()
         raise StepError(STEP, f"could not prepare the session: {_reason(exc)}") from None

@@ -73,6 +73,17 @@ def synthetic_inputs(
     return [_random_array(rng, info, input_shape(info, batch_size, resolvable)) for info in inputs]
 
 
+def dataset_sample_shape(model: LoadedModel, dataset: str | None) -> tuple[int, ...] | None:
+    """The dataset's sample shape, read only when an input has unknown non-batch dims."""
+    unknown = any(None in info.shape[1:] for info in model.inputs)
+    if not unknown or dataset is None or len(model.inputs) != 1:
+        return None
+    from service.runner.accuracy import read_arrays
+
+    _, x, _ = read_arrays(dataset)
+    return tuple(int(dim) for dim in x.shape[1:])
+
+
 def _random_array(rng: np.random.Generator, info: TensorInfo, shape: list[int]) -> np.ndarray:
     dtype = tf.as_dtype(info.dtype)
     if dtype.is_floating:

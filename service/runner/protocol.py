@@ -15,6 +15,13 @@ from pydantic import BaseModel, ConfigDict, Field
 ModelFormat = Literal["frozen_pb", "saved_model", "keras"]
 
 
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -43,6 +50,11 @@ class RunnerConfig(_Strict):
     inputs: list[str] | None = None
     outputs: list[str] | None = None
     barrier_timeout_s: float = Field(default=120.0, gt=0)
+    onednn: bool | None = Field(
+        default=None,
+        description="TF_ENABLE_ONEDNN_OPTS the runner sets before TensorFlow starts (the "
+        "request's effective oneDNN setting); None: TensorFlow's default.",
+    )
 
     def write(self, path: Path) -> None:
         path.write_text(yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))
@@ -110,6 +122,33 @@ class RunnerError(_Strict):
     message: str
 
 
+class PreflightModel(_Strict):
+    """One model in the pre-flight check: its ops and one call on a tiny input."""
+
+    op_types: list[str] = Field(default_factory=list)
+    load_time_s: float | None = None
+    call_s: float | None = None
+    error: RunnerError | None = None
+
+
+class PreflightResult(_Strict):
+    """What ``python -m service.runner.preflight`` writes."""
+
+    pid: int
+    tensorflow_version: str | None = None
+    onednn_enabled: bool | None = Field(default=None, description="TensorFlow's read-back")
+    models: dict[str, PreflightModel] = Field(default_factory=dict)
+    error: RunnerError | None = None
+
+    def write(self, path: Path) -> None:
+        """Write atomically: a reader never sees half a file."""
+        write_atomic(path, self.model_dump_json())
+
+    @classmethod
+    def read(cls, path: Path) -> PreflightResult:
+        return cls.model_validate_json(path.read_bytes())
+
+
 class RunnerResult(_Strict):
     model: Literal["input_model", "optimized_model"]
     mode: Literal["performance", "accuracy"]
@@ -143,9 +182,7 @@ class RunnerResult(_Strict):
 
     def write(self, path: Path) -> None:
         """Write atomically: a reader never sees half a file."""
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(self.model_dump_json())
-        tmp.replace(path)
+        write_atomic(path, self.model_dump_json())
 
     @classmethod
     def read(cls, path: Path) -> RunnerResult:
