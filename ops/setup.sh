@@ -6,10 +6,16 @@ PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
-# Reinstall only when pyproject.toml changed since the last install.
-stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+# Intel Neural Compressor's TensorFlow part makes the sample int8 model (sample-models) and
+# the tests' int8 graphs. Its metadata asks for the 'tensorflow' wheel, which would install a
+# second copy of TensorFlow over tensorflow-cpu: it goes in without dependencies, and its own
+# small ones (prettytable, py-cpuinfo) come with the 'inc' extra.
+INC_REQUIREMENT=neural-compressor-tf==3.10
+# Reinstall only when pyproject.toml or this script changed since the last install.
+stamp=.venv/.installed-$(cat pyproject.toml ops/setup.sh | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -e '.[test]'
+  .venv/bin/python -m pip install --quiet -e '.[test,inc]'
+  .venv/bin/python -m pip install --quiet --no-deps "$INC_REQUIREMENT"
   rm -f .venv/.installed-* && touch "$stamp"
 fi

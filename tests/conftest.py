@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import importlib.metadata
 import os
+import shutil
 import subprocess
 import sys
 import uuid
@@ -29,15 +32,37 @@ def amqp_url() -> Iterator[str]:
     handle.stop()
 
 
+SAMPLE_SOURCES = ("service/samples.py", "service/runner/loading.py")
+
+
+def _samples_key() -> str:
+    """What the sample models depend on: their code and the TensorFlow and INC versions."""
+    digest = hashlib.sha256()
+    for relative in SAMPLE_SOURCES:
+        digest.update((REPO / relative).read_bytes())
+    for distribution in ("tensorflow-cpu", "tensorflow", "keras", "neural-compressor-tf"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            digest.update(f"{distribution}={importlib.metadata.version(distribution)}".encode())
+    return digest.hexdigest()[:16]
+
+
 @pytest.fixture(scope="session")
-def sample_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The project's sample models, made once per session by the real CLI."""
-    directory = tmp_path_factory.mktemp("samples")
-    subprocess.run(
-        [sys.executable, "-m", "service", "sample-models", str(directory)],
-        check=True,
-        capture_output=True,
-        timeout=300,
+def sample_dir(pytestconfig: pytest.Config) -> Path:
+    """The project's sample models (fp32 and INC's int8), made by the real CLI.
+
+    Cached across sessions in pytest's cache, keyed by the sample code and the TensorFlow and
+    INC versions; the workloads of earlier sessions are cleared.
+    """
+    directory = Path(pytestconfig.cache.mkdir(f"samples-{_samples_key()}"))
+    if not (directory / "request.json").is_file():
+        done = subprocess.run(
+            [sys.executable, "-m", "service", "sample-models", str(directory)],
+            capture_output=True, text=True, timeout=300, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+    shutil.rmtree(directory / "workspace" / "workloads", ignore_errors=True)
+    assert (directory / "int8.pb").is_file(), (
+        "sample-models wrote no int8.pb: Intel Neural Compressor is missing; run ops/setup.sh"
     )
     return directory
 

@@ -7,7 +7,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import psutil
 import pytest
 
@@ -17,6 +16,7 @@ from tests.integration.bus import (
     dead_letters,
     publish_request,
 )
+from tests.plain_tf import plain_accuracy
 
 pytestmark = [pytest.mark.broker, pytest.mark.tensorflow]
 
@@ -32,27 +32,6 @@ def seed_request(sample_dir: Path, **benchmark: Any) -> dict[str, Any]:
     body["id"] = f"e2e-{uuid.uuid4().hex[:8]}"
     body["benchmark"] = {**body.get("benchmark", {}), "duration_s": 1, "warmup": 5, **benchmark}
     return body
-
-
-def independent_accuracy(model_path: str, dataset_path: str) -> float:
-    """Top-1 accuracy of a frozen graph over the .npz, with plain TensorFlow in this process."""
-    import tensorflow as tf
-
-    graph_def = tf.compat.v1.GraphDef()
-    graph_def.ParseFromString(Path(model_path).read_bytes())
-    graph = tf.Graph()
-    with graph.as_default():
-        tf.compat.v1.import_graph_def(graph_def, name="")
-    placeholders = [op for op in graph.get_operations() if op.type == "Placeholder"]
-    consumed = {inp.op.name for op in graph.get_operations() for inp in op.inputs}
-    outputs = [
-        op for op in graph.get_operations()
-        if op.name not in consumed and op.type not in ("NoOp", "Const") and op.outputs
-    ]  # fmt: skip
-    data = np.load(dataset_path)
-    with tf.compat.v1.Session(graph=graph) as session:
-        logits = session.run(outputs[0].outputs[0], {placeholders[0].outputs[0]: data["x"]})
-    return float(np.mean(np.argmax(logits, axis=1) == data["y"]))
 
 
 async def test_seed_request_yields_start_progress_and_one_success_finish(
@@ -77,7 +56,12 @@ async def test_seed_request_yields_start_progress_and_one_success_finish(
     data = finish.data.model_dump()
     assert data["perf_throughput_input_model"] > 0
     assert data["perf_throughput_optimized_model"] > 0
-    expected = independent_accuracy(body["input_model"]["path"], body["benchmark"]["dataset"])
+    onednn = data["execution_details"]["input_model_benchmark"]["accuracy"]["onednn"]
+    expected = plain_accuracy(
+        body["input_model"]["path"],
+        body["benchmark"]["dataset"],
+        onednn=onednn["effective"] == "on",
+    )
     assert data["acc_input_model"] == pytest.approx(round(expected, 4), abs=1e-4)
     details = data["execution_details"]
     for role, mode in [("input_model", "performance"), ("input_model", "accuracy"),

@@ -230,7 +230,8 @@ def test_optimized_graph_predicts_like_the_frozen_graph(samples: Path) -> None:
     np.testing.assert_allclose(optimized, expected, atol=1e-4)
     assert (samples / "optimized_fp32.pb").stat().st_size < (samples / "fp32.pb").stat().st_size
     request = json.loads((samples / "request.json").read_text())
-    assert request["optimized_model"]["precision"] == "fp32"
+    assert request["optimized_model"]["precision"] == "int8"
+    assert request["optimized_model"]["path"] == str(samples / "int8.pb")
     assert Path(request["workspace_path"]).is_dir()
 
 

@@ -130,3 +130,28 @@ def test_runner_facts_default_onednn_opts_to_unset() -> None:
         {"tensorflow_version": "2.21.0", "onednn_enabled": True, "thread_environment": {}}
     )
     assert facts["TF_ENABLE_ONEDNN_OPTS"] == "unset (default)" and facts["onednn_enabled"]
+
+
+def test_the_id_differs_between_onednn_on_and_off_and_between_kernel_features() -> None:
+    machine = fingerprint.machine_facts([0])
+    models = {"input_model": {"sha256": "ab" * 32, "size_bytes": 10, "files": 1, "path": "/a"}}
+
+    def step(effective: str) -> dict:
+        value = "1" if effective == "on" else "0"
+        return {
+            "tensorflow_version": "2.21.0",
+            "onednn_enabled": effective == "on",
+            "onednn": {"effective": effective},
+            "thread_environment": {"TF_ENABLE_ONEDNN_OPTS": value},
+        }
+
+    on = fingerprint.build(machine, models, fingerprint.runner_facts(step("on")))
+    off = fingerprint.build(machine, models, fingerprint.runner_facts(step("off")))
+    cpu = machine["cpu"]
+    other_cpu = {**machine, "cpu": {**cpu, "features": [*cpu["features"], "amx_tile"]}}
+    amx = fingerprint.build(other_cpu, models, fingerprint.runner_facts(step("on")))
+
+    assert on["runtime"]["onednn_effective"] == "on" and off["runtime"]["onednn_effective"] == "off"
+    assert on["id"] != off["id"]
+    assert amx["id"] != on["id"]
+    assert set(cpu["features"]) <= set(fingerprint.KERNEL_FEATURES)
