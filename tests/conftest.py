@@ -127,4 +127,5 @@ def _delete_broker_objects(amqp_url: str, names: dict[str, str]) -> None:
 def worker_environment() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BENCHMARK_WORKER_")}
     env.pop("AMQP_URL", None)
+    env.pop("TF_ENABLE_ONEDNN_OPTS", None)  # default settings: the worker decides oneDNN
     return env
