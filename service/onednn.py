@@ -116,7 +116,7 @@ def decide(
     """The effective setting for a request whose models hold ``ops_by_role``.
 
     ``None`` for a role means its op types are not known before loading (a Keras file); the
-    runner's one-call check covers it. Raises :class:`OneDnnConflict` for ``off`` with ops
+    pre-flight's one-call check covers it. Raises :class:`OneDnnConflict` for ``off`` with ops
     that need oneDNN.
     """
     needing = {role: ops for role, op_types in ops_by_role.items()
@@ -139,8 +139,8 @@ def decide(
     reason = default_reason + ("; no model needs oneDNN" if not unknown else "")
     if unknown:
         reason += (
-            f"; the ops of {', '.join(unknown)} (Keras) are known only once loaded, "
-            "and the pre-flight check runs them"
+            f"; the ops of {', '.join(unknown)} are known only once TensorFlow loads it "
+            "(a Keras file), and the pre-flight check runs it"
         )
     return OneDnnDecision("auto", default_on, reason, needing)
 

@@ -29,15 +29,15 @@ LOG_FILE = "preflight.txt"
 
 
 def model_op_types(models: Mapping[str, RunnerModel]) -> dict[str, set[str] | None]:
-    """Each model's op types, read from its protobuf (None for Keras files)."""
+    """Each model's op types, read from its protobuf; None where they cannot be read here
+    (Keras files; bytes that do not parse, for which TensorFlow's own error, from the
+    pre-flight check, says more)."""
     out: dict[str, set[str] | None] = {}
     for role, model in models.items():
         try:
             out[role] = graph_ops.model_op_types(Path(model.path), model.format)
-        except graph_ops.GraphParseError as exc:
-            raise StepFailed(
-                STEP, f"{role} {model.path} is not a valid TensorFlow graph protobuf ({exc})"
-            ) from None
+        except graph_ops.GraphParseError:
+            out[role] = None
         except OSError as exc:
             raise StepFailed(STEP, f"cannot read {role} {model.path}: {exc.strerror}") from None
     return out

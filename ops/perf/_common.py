@@ -64,16 +64,26 @@ def bare_loops(model: Path, cpus: list[int], batch_size: int, duration_s: float)
 
 
 def worker_bench(
-    samples: Path, benchmark: dict[str, Any], model: str = "fp32.pb"
+    samples: Path,
+    benchmark: dict[str, Any],
+    model: str = "fp32.pb",
+    optimized: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
-    """One performance step of ``model`` through ``benchmark-worker bench``; its finish data."""
+    """Performance of ``model`` (and of ``optimized``: (file, precision)) through
+    ``benchmark-worker bench``; its finish data."""
     workspace = Path(tempfile.mkdtemp(prefix="perf-ws-"))
-    request = {
+    request: dict[str, Any] = {
         "id": f"perf-{uuid.uuid4().hex[:8]}",
         "workspace_path": str(workspace),
         "input_model": {"precision": "fp32", "path": str(samples / model), "mods": ["performance"]},
         "benchmark": benchmark,
     }
+    if optimized is not None:
+        request["optimized_model"] = {
+            "precision": optimized[1],
+            "path": str(samples / optimized[0]),
+            "mods": ["performance"],
+        }
     path = workspace / "request.json"
     path.write_text(json.dumps(request))
     done = subprocess.run(

@@ -92,7 +92,7 @@ def check_model(
     try:
         model = load_model(spec, cpu_count=threads, inputs=config.inputs, outputs=config.outputs)
     except StepError as exc:
-        out.error = RunnerError(step="load_model", message=exc.message)
+        out.error = RunnerError(step="load_model", message=f"{role}: {exc.message}")
         return out
     out.load_time_s = time.perf_counter() - started
     graph = model.session.graph
@@ -104,7 +104,7 @@ def check_model(
         model.run(*feeds)
         out.call_s = time.perf_counter() - started
     except StepError as exc:
-        out.error = RunnerError(step=exc.step, message=exc.message)
+        out.error = RunnerError(step=exc.step, message=f"{role}: {exc.message}")
     except Exception as exc:
         out.error = RunnerError(step=STEP, message=explain_failure(role, exc, graph, onednn_on))
     finally:

@@ -85,5 +85,7 @@ def test_bench_exits_1_with_an_error_finish_for_a_broken_model(
     assert code == 1
     finish = events[-1]
     assert isinstance(finish, FinishEvent) and finish.status == "error"
-    assert finish.data.step == "input_model/performance"
-    assert "load_model" in finish.data.message and "broken.pb" in finish.data.message
+    assert finish.data.step == "prepare"  # the pre-flight check loads every model first
+    assert "not a valid GraphDef protobuf" in finish.data.message
+    assert "broken.pb" in finish.data.message
+    assert [event.subject for event in events] == ["benchmark_start", "benchmark_finish"]
