@@ -78,6 +78,12 @@ class WorkerSettings(_Section):
         description="RLIMIT_CPU of each runner. Default: the request's time limit times its CPUs.",
     )
     runner_open_files: int = Field(default=1024, ge=64, description="RLIMIT_NOFILE per runner.")
+    preflight_timeout_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="Time limit of the pre-flight check (TensorFlow start, each model loaded "
+        "and called once) before a request's first step.",
+    )
     consumer_check_s: float = Field(
         default=30.0, gt=0, description="How often the worker checks its consumer is alive."
     )

@@ -9,6 +9,7 @@ before a single runner has measured anything.
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -72,29 +73,46 @@ def preflight_launch(config_path: Path, directory: Path, cpus: Sequence[int]) ->
 
 
 async def check(
-    launch: InstanceLaunch, decision: onednn.OneDnnDecision, limits: RunnerLimits
+    launch: InstanceLaunch,
+    decision: onednn.OneDnnDecision,
+    limits: RunnerLimits,
+    timeout_s: float,
 ) -> dict[str, Any]:
     """Run the pre-flight child; its summary for the result, or StepFailed naming the problem."""
     started_s = time.monotonic()
-    code = await run_process(launch, limits)
+    try:
+        async with asyncio.timeout(timeout_s):
+            code = await run_process(launch, limits)
+    except TimeoutError:
+        raise StepFailed(
+            STEP,
+            f"the pre-flight check did not finish within {timeout_s:g} s "
+            f"(worker.preflight_timeout_s) and was killed{_tail(launch)}",
+        ) from None
     wall_s = time.monotonic() - started_s
     try:
         result = PreflightResult.read(launch.result_path)
     except (OSError, ValueError):
-        tail = log_tail(launch.log_path)
         raise StepFailed(
-            STEP,
-            f"the pre-flight check {describe_exit(code)} without a result"
-            + (f"; last lines of {launch.log_path}: {tail}" if tail else ""),
+            STEP, f"the pre-flight check {describe_exit(code)} without a result{_tail(launch)}"
         ) from None
     if result.error is not None:
-        raise StepFailed(STEP, f"pre-flight check failed: {result.error.message}")
+        raise StepFailed(
+            STEP,
+            f"pre-flight check failed: {result.error.message} (it {describe_exit(code)})"
+            f"{_tail(launch)}",
+        )
     failures = [
         f"{model.error.message}" for model in result.models.values() if model.error is not None
     ]
     if failures:
         raise StepFailed(STEP, "pre-flight check failed: " + "; ".join(failures))
     return summary(result, decision, wall_s, launch.command)
+
+
+def _tail(launch: InstanceLaunch) -> str:
+    tail = log_tail(launch.log_path)
+    return f"; last lines of {launch.log_path}: {tail}" if tail else ""
 
 
 def summary(

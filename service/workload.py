@@ -178,10 +178,11 @@ async def run_workload(
             tracker.current = preflight.STEP
             checked = await preflight.check(
                 preflight.preflight_launch(
-                    workload.config_path, workload.directory, workload.runner_cpus
+                    workload.config_path, workload.directory, workload.runner_cpus[:1]
                 ),
                 workload.onednn,
                 workload.limits,
+                settings.worker.preflight_timeout_s,
             )
             finish = await _run_steps(workload, emit, tracker, {**extra, "preflight": checked})
     except TimeoutError:

@@ -32,7 +32,7 @@ from service.runner.pinning import (
 )
 from service.runner.protocol import RunnerConfig, RunnerError, RunnerModel, RunnerResult
 from service.runner.runlength import RunLength
-from service.runner.sandbox import confine
+from service.runner.sandbox import confine, memory_hint
 
 if TYPE_CHECKING:
     from service.runner.loading import LoadedModel
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         result.error = RunnerError(step=exc.step, message=exc.message)
     except Exception as exc:
         traceback.print_exc()
-        message = f"unexpected {type(exc).__name__} during {progress.step}: {exc}"
+        message = f"unexpected {type(exc).__name__} during {progress.step}: {exc}{memory_hint(exc)}"
         result.error = RunnerError(step=progress.step, message=message)
     _finish(result)
     if not _write(result, args.output):

@@ -33,7 +33,7 @@ from service.runner.protocol import (
     RunnerError,
     RunnerModel,
 )
-from service.runner.sandbox import confine
+from service.runner.sandbox import confine, memory_hint
 
 STEP = "prepare"
 EXIT_OK, EXIT_FAILED = 0, 2
@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         result.error = RunnerError(step=STEP, message=exc.message)
     except Exception as exc:
         traceback.print_exc()
-        result.error = RunnerError(step=STEP, message=f"unexpected {type(exc).__name__}: {exc}")
+        message = f"unexpected {type(exc).__name__}: {exc}{memory_hint(exc)}"
+        result.error = RunnerError(step=STEP, message=message)
     result.write(args.output)
     failed = result.error is not None or any(m.error for m in result.models.values())
     return EXIT_FAILED if failed else EXIT_OK

@@ -61,6 +61,22 @@ def confine(environ: Mapping[str, str] | None = None) -> None:
     apply_limits(RunnerLimits.from_environment(environ))
 
 
+def memory_hint(exc: BaseException, environ: Mapping[str, str] | None = None) -> str:
+    """For an allocation failure under the worker's data limit: the limit and how to raise it.
+
+    Past RLIMIT_DATA, Python raises MemoryError, or SystemError when the failure hits inside
+    an import or a C extension; both are reported with the limit that caused them.
+    """
+    environ = os.environ if environ is None else environ
+    limit = RunnerLimits.from_environment(environ).data_bytes
+    if limit is None or not isinstance(exc, MemoryError | SystemError):
+        return ""
+    return (
+        f" (out of memory: the worker limits each runner to {limit / 2**20:,.0f} MiB of data; "
+        "raise worker.runner_memory_mb)"
+    )
+
+
 def die_with_parent(expected_parent_pid: int) -> None:
     """SIGKILL this process when its parent exits; exit now if the parent already has."""
     if sys.platform.startswith("linux"):

@@ -94,7 +94,7 @@ def test_no_shell_in_the_service_code() -> None:
 @pytest.mark.parametrize(
     ("limit", "expected"),
     [
-        ({"runner_memory_mb": 150}, "MemoryError"),
+        ({"runner_memory_mb": 150}, "out of memory: the worker limits each runner to 150 MiB"),
         ({"runner_cpu_time_s": 1}, "killed by signal SIGXCPU"),
     ],
     ids=["memory", "cpu-time"],
@@ -107,8 +107,9 @@ async def test_a_runner_over_its_limit_ends_in_an_error_finish(
     limit: dict[str, int],
     expected: str,
 ) -> None:
-    """A runner that outgrows its memory (RLIMIT_DATA) or CPU time (RLIMIT_CPU) fails its step
-    with the cause and its log tail; the worker stays up."""
+    """A runner that outgrows its memory (RLIMIT_DATA) or CPU time (RLIMIT_CPU) fails with the
+    cause and its log tail; the worker stays up. The limits bind the pre-flight child too, the
+    first to start TensorFlow, so the request ends at step prepare."""
     configure(worker_config, worker=limit)
     request = short_request(sample_dir)
     async with (
@@ -119,7 +120,7 @@ async def test_a_runner_over_its_limit_ends_in_an_error_finish(
         finish = await events.until_finish()
         assert worker.process.poll() is None
 
-    assert finish.status == "error" and finish.data.step == "input_model/performance"
+    assert finish.status == "error" and finish.data.step == "prepare"
     assert expected in finish.data.message, finish.data.message
     assert "last lines of" in finish.data.message
 
@@ -161,8 +162,9 @@ async def test_runner_crashes_end_in_error_finishes_and_the_worker_takes_the_nex
         assert "last lines of" in finish.data.message
     corrupt_finish = finishes[broken["id"]]
     assert corrupt_finish.status == "error", corrupt_finish.data
-    assert "load_model failed" in corrupt_finish.data.message
-    assert "exited with status 2" in corrupt_finish.data.message
+    assert corrupt_finish.data.step == "prepare"  # the pre-flight check loads it first
+    assert "input_model: could not load frozen graph" in corrupt_finish.data.message
+    assert "not a valid GraphDef protobuf" in corrupt_finish.data.message
     assert finishes[good["id"]].status == "success"
 
 
@@ -171,7 +173,7 @@ async def test_time_limit_kills_the_runners_and_ends_the_request_once(
 ) -> None:
     """A request over its ``timeout_s`` ends in "timed out after N s", its runners are gone,
     it is acked (not retried, not dead-lettered), and the worker takes the next request."""
-    request = long_request(sample_dir, duration_s=60, timeout_s=6)
+    request = long_request(sample_dir, duration_s=60, timeout_s=12)  # past the pre-flight
     good = short_request(sample_dir)
     async with (
         running_worker(worker_config, amqp_url, names["requests_queue"]) as worker,
@@ -189,7 +191,7 @@ async def test_time_limit_kills_the_runners_and_ends_the_request_once(
         assert worker.process.poll() is None
 
     assert finish.workload_id == request["id"] and finish.status == "error"
-    assert finish.data.message.startswith("timed out after 6 s"), finish.data.message
+    assert finish.data.message.startswith("timed out after 12 s"), finish.data.message
     assert finish.data.step == "input_model/performance"
     starts = [e for e in events.events if isinstance(e, StartEvent)]
     assert [e.workload_id for e in starts] == [request["id"], good["id"]]
@@ -250,7 +252,7 @@ async def test_keras_models_load_in_safe_mode(
         finishes = [await events.until_finish(), await events.until_finish()]
 
     for finish in finishes:
-        assert finish.status == "error" and finish.data.step == "input_model/performance"
+        assert finish.status == "error" and finish.data.step == "prepare"
         assert "safe_mode" in finish.data.message and "Lambda" in finish.data.message
     assert not marker.exists()
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from service import samples as samples_module
 from service.cpulist import format_cpu_list, parse_cpu_list
 from service.runner.protocol import (
     GO_FILE,
@@ -151,7 +152,8 @@ def test_performance_for_every_format(
     assert "Latency: " in run.stdout and "Throughput: " in run.stdout
     assert result.cpus_planned == [0] and result.cpus_observed == [0]
     assert result.intra_op_threads == 1 and result.inter_op_threads == 1
-    assert [(i.shape, i.dtype) for i in result.inputs] == [([None, 16, 16, 3], "float32")]
+    size = samples_module.IMAGE_SIZE
+    assert [(i.shape, i.dtype) for i in result.inputs] == [([None, size, size, 3], "float32")]
     assert len(result.outputs) == 1
     assert result.first_inference_s is not None and result.first_inference_s > 0
     assert result.warmup_iterations == 3
