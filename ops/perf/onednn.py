@@ -82,11 +82,13 @@ def _median(values: list[float]) -> float:
     return statistics.median(values)
 
 
-def _interval(pairs: list[list[float] | None]) -> str:
+def _interval(pairs: list[list[float] | None], spec: str = ",.2f") -> str:
+    """Median lower .. median upper bound over rounds."""
     known = [pair for pair in pairs if pair]
     if not known:
         return "n/a"
-    return f"{_median([p[0] for p in known]):,.3g} .. {_median([p[1] for p in known]):,.3g}"
+    low, high = _median([p[0] for p in known]), _median([p[1] for p in known])
+    return f"{low:{spec}} .. {high:{spec}}"
 
 
 def main() -> int:
@@ -129,7 +131,7 @@ def main() -> int:
                 print(
                     f"| {batch} | {setting} | {model} | "
                     f"{_median([f['throughput'] for f in figures]):,.0f} | "
-                    f"{_interval([f['ci95'] for f in figures])} | "
+                    f"{_interval([f['ci95'] for f in figures], ',.0f')} | "
                     f"{_median([f['p50_ms'] for f in figures]):.3f} |"
                 )
     print()
