@@ -56,7 +56,7 @@ class SignOff:
     ) -> dict[str, Any]:
         figures = aggregate.summarize_accuracy(result)
         figures["costs"]["model_size_bytes"] = self._model_size(role)
-        figures["verdict"] = verdict.accuracy_verdict(pinning_mismatches)
+        figures["verdict"] = verdict.accuracy_verdict(pinning_mismatches, figures)
         return figures
 
     def summary(

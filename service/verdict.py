@@ -192,9 +192,40 @@ def _check_cpu_window(
         )
 
 
-def accuracy_verdict(pinning_mismatches: Sequence[str] = ()) -> dict[str, Any]:
-    """Accuracy does not depend on timing; a pinning mismatch is only worth a warning."""
-    return _verdict([], [_item("pinning_mismatch", message) for message in pinning_mismatches])
+def accuracy_verdict(
+    pinning_mismatches: Sequence[str] = (), figures: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Accuracy does not depend on timing; a pinning mismatch is only worth a warning. Outputs
+    that never change, or ties that decided samples, are warnings that name them."""
+    warnings = [_item("pinning_mismatch", message) for message in pinning_mismatches]
+    figures = figures or {}
+    if figures.get("outputs_constant"):
+        warnings.append(
+            _item(
+                "constant_output",
+                f"the model gave the same scores to all {figures.get('samples')} samples: it "
+                "ignores its input (zero or collapsed weights, a broken quantization); its "
+                "accuracy is that of one fixed guess",
+            )
+        )
+    elif figures.get("predicted_classes") == 1 and (figures.get("samples") or 0) > 1:
+        warnings.append(
+            _item(
+                "single_class",
+                "the model predicted the same class for every sample of the dataset",
+            )
+        )
+    ties = figures.get("ties_counted_wrong") or 0
+    if ties:
+        warnings.append(
+            _item(
+                "tied_scores",
+                f"{ties} of {figures.get('samples')} samples had their label's score tied "
+                "with another class at the top-k boundary; a tie counts as wrong",
+                samples=ties,
+            )
+        )
+    return _verdict([], warnings)
 
 
 def machine_warnings(fingerprint: Mapping[str, Any]) -> list[Item]:

@@ -128,21 +128,37 @@ def evaluate(model: LoadedModel, data: Dataset, batch_size: int, topk: int) -> A
     info = model.inputs[0]
     check_batch_dim(info, batch_size, STEP_RUN)
     pad = info.shape[0] is not None
-    correct = 0
+    correct = tied_wrong = 0
+    low: np.ndarray | None = None
+    high: np.ndarray | None = None
+    predicted: set[int] = set()
     for start in range(0, len(data.y), batch_size):
         batch = data.x[start : start + batch_size]
         count = len(batch)
         if pad and count < batch_size:
             batch = _pad(batch, batch_size)
         scores = call_model(model, [batch], STEP_RUN)[0][:count]
-        correct += count_correct(scores, data.y[start : start + count], topk)
+        hits, ties = count_correct(scores, data.y[start : start + count], topk)
+        correct += hits
+        tied_wrong += ties
+        flat = np.asarray(scores).reshape(count, -1)
+        low = flat.min(axis=0) if low is None else np.minimum(low, flat.min(axis=0))
+        high = flat.max(axis=0) if high is None else np.maximum(high, flat.max(axis=0))
+        predicted.update(int(c) for c in np.unique(np.argmax(flat, axis=1)))
     samples = len(data.y)
-    return AccuracyResult(accuracy=correct / samples, correct=correct, samples=samples, topk=topk)
+    constant = low is not None and high is not None and bool(np.all(low == high))
+    return AccuracyResult(
+        accuracy=correct / samples, correct=correct, samples=samples, topk=topk,
+        tied_wrong=tied_wrong, outputs_constant=constant and samples > 1,
+        predicted_classes=len(predicted),
+    )  # fmt: skip
 
 
-def count_correct(scores: np.ndarray, labels: np.ndarray, topk: int) -> int:
-    """Samples whose label is among the top ``topk`` scores (ties count as in, like
-    ``tf.math.in_top_k``); a non-finite score for the label counts as wrong."""
+def count_correct(scores: np.ndarray, labels: np.ndarray, topk: int) -> tuple[int, int]:
+    """(hits, ties counted wrong): a hit is a label strictly inside the top ``topk`` scores,
+    ranked with every tie against it, so a model whose scores are all equal never scores.
+    (``tf.math.in_top_k`` counts ties as in: a constant output would score 100%.) A
+    non-finite score for the label counts as wrong."""
     flat = np.asarray(scores).reshape(len(labels), -1)
     classes = flat.shape[1]
     if np.any((labels < 0) | (labels >= classes)):
@@ -152,8 +168,12 @@ def count_correct(scores: np.ndarray, labels: np.ndarray, topk: int) -> int:
             f"label {int(bad)} in 'y' is outside the model's {classes} output classes",
         )
     target = flat[np.arange(len(labels)), labels]
+    finite = np.isfinite(target)
     higher = np.sum(flat > target[:, None], axis=1)
-    return int(np.sum((higher < topk) & np.isfinite(target)))
+    tied = np.sum(flat == target[:, None], axis=1) - 1  # other classes with the same score
+    hits = (higher + tied < topk) & finite
+    ties_lost = (higher < topk) & ~hits & finite
+    return int(np.sum(hits)), int(np.sum(ties_lost))
 
 
 def _pad(batch: np.ndarray, batch_size: int) -> np.ndarray:

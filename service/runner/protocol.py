@@ -115,6 +115,17 @@ class AccuracyResult(_Strict):
     correct: int
     samples: int
     topk: int
+    tied_wrong: int = Field(
+        default=0,
+        description="samples counted wrong only because another class tied the label's score "
+        "at the top-k boundary (a tie is never a hit)",
+    )
+    outputs_constant: bool = Field(
+        default=False, description="every sample of the dataset got the same scores"
+    )
+    predicted_classes: int | None = Field(
+        default=None, description="distinct top-1 classes predicted over the dataset"
+    )
 
 
 class RunnerError(_Strict):
