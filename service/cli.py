@@ -15,7 +15,7 @@ from typing import Any
 
 import structlog
 
-from contracts import BenchmarkRequest, FinishEvent, ProgressEvent, StartEvent
+from contracts import BenchmarkRequest, FinishEvent, ProgressEvent, StartEvent, error_finish
 from service.config import Settings, load_settings
 from service.errors import ConfigError
 from service.executor.planner import PlanError, plan_instances
@@ -159,7 +159,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.verb == "run":
         return asyncio.run(_run(settings))
     if args.verb == "bench":
-        return asyncio.run(_bench(read_request(args.request), settings))
+        return _bench_file(args.request, settings)
     if args.verb == "check":
         from service.fleet import heartbeat_path
         from service.health import run_check
@@ -203,19 +203,43 @@ async def _run(settings: Settings) -> int:
     return worker.exit_code  # non-zero when the broker dropped its consumer for good
 
 
+def _print_event(event: StartEvent | ProgressEvent | FinishEvent) -> None:
+    sys.stdout.write(event.to_body().decode() + "\n")
+    sys.stdout.flush()
+
+
+def _bench_file(path: Path, settings: Settings) -> int:
+    """``bench``: an unreadable file is a usage error (2); a request the worker would reject
+    is an error finish at step ``validate`` (exit 1), as over the broker."""
+    from service.errors import RejectRequest
+    from service.intake import decode_request
+
+    try:
+        body = path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"cannot read request file {path}: {exc.strerror}") from None
+    try:
+        request = decode_request(
+            body,
+            content_type=None,
+            content_encoding=None,
+            max_body_bytes=settings.worker.max_body_bytes,
+        )
+    except RejectRequest as exc:
+        _print_event(error_finish(exc.workload_id, f"{path}: {exc}", "validate"))
+        return EXIT_FAILED
+    return asyncio.run(_bench(request, settings))
+
+
 async def _bench(request: BenchmarkRequest, settings: Settings) -> int:
     from service.workload import run_workload
 
-    def print_event(event: StartEvent | ProgressEvent | FinishEvent) -> None:
-        sys.stdout.write(event.to_body().decode() + "\n")
-        sys.stdout.flush()
-
     async def emit(event: StartEvent | ProgressEvent) -> None:
-        print_event(event)
+        _print_event(event)
 
     run_id = uuid.uuid4().hex[:12]
     finish = await run_workload(request, settings, _topology(settings), emit, run_id)
-    print_event(finish)
+    _print_event(finish)
     fields: dict[str, Any] = finish.data.model_dump(
         exclude={"execution_details"}, exclude_none=True
     )

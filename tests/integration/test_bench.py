@@ -89,3 +89,18 @@ def test_bench_exits_1_with_an_error_finish_for_a_broken_model(
     assert "not a valid GraphDef protobuf" in finish.data.message
     assert "broken.pb" in finish.data.message
     assert [event.subject for event in events] == ["benchmark_start", "benchmark_finish"]
+
+
+def test_bench_on_an_invalid_request_prints_one_error_finish_and_exits_1(
+    sample_dir: Path, tmp_path: Path
+) -> None:
+    """As over the broker: a request the worker rejects is an error finish at validate."""
+    request = {"id": "bad-request", "input_model": {"path": "x.pb"}}
+
+    code, events = bench(request, sample_dir, tmp_path)
+
+    assert code == 1
+    (finish,) = events
+    assert isinstance(finish, FinishEvent) and finish.status == "error"
+    assert finish.data.step == "validate" and finish.data.id == "bad-request"
+    assert "input_model.precision" in finish.data.message
