@@ -250,10 +250,26 @@ def runner_facts(details: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def workload_facts(
+    first_step: Mapping[str, Any] | None, dataset: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """What was fed: the first step's concrete input shapes (every performance step of a
+    request feeds the same batch and sample shape) and the dataset's hash. A dynamic-shape
+    model runs at another speed on other shapes, so they belong in the id; taking the first
+    step keeps the id the same from the first progress event to the finish."""
+    return {
+        "fed_shapes": None if first_step is None else first_step.get("fed_shapes"),
+        "dataset": None
+        if dataset is None
+        else {key: dataset.get(key) for key in ("sha256", "size_bytes")},
+    }
+
+
 def build(
     machine: Mapping[str, Any],
     models: Mapping[str, Mapping[str, Any]],
     runner: Mapping[str, Any] | None,
+    workload: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The fingerprint with its ``id``; ``observed`` facts are reported but not hashed."""
     observed = {
@@ -263,6 +279,7 @@ def build(
     body = {
         **{key: value for key, value in machine.items() if key != "observed"},
         "runtime": dict(runner) if runner else None,
+        "workload": dict(workload) if workload else None,
         "models": {
             role: {key: info.get(key) for key in ("sha256", "size_bytes", "files")}
             for role, info in models.items()

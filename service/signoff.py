@@ -22,6 +22,7 @@ class SignOff:
     machine: dict[str, Any]
     models: dict[str, dict[str, Any]]
     batch_size: int
+    dataset: dict[str, Any] | None = None
     performance_results: dict[str, list[RunnerResult]] = field(default_factory=dict)
 
     @classmethod
@@ -31,7 +32,10 @@ class SignOff:
         models = await fingerprint.hash_models(
             {role: model.path for role, model in config.models.items()}
         )
-        return cls(machine, models, config.batch_size)
+        dataset = None
+        if config.dataset is not None:
+            dataset = (await fingerprint.hash_models({"dataset": config.dataset}))["dataset"]
+        return cls(machine, models, config.batch_size, dataset)
 
     def _model_size(self, role: str) -> int | None:
         return self.models.get(role, {}).get("size_bytes")
@@ -68,7 +72,10 @@ class SignOff:
             None,
         )
         print_ = fingerprint.build(
-            self.machine, self.models, None if first is None else fingerprint.runner_facts(first)
+            self.machine,
+            self.models,
+            None if first is None else fingerprint.runner_facts(first),
+            fingerprint.workload_facts(first, self.dataset),
         )
         return {
             "fingerprint": print_,

@@ -270,6 +270,7 @@ async def _run_step(
         raise StepFailed(step, f"{step} produced no usable measurement: {exc}") from None
     details.update(figures)
     details["inputs"] = [t.model_dump() for t in results[0].inputs]
+    details["fed_shapes"] = results[0].fed_shapes
     details["outputs"] = results[0].outputs
     details["tensorflow_version"] = results[0].tensorflow_version
     details["onednn_enabled"] = results[0].onednn_enabled

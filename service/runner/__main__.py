@@ -183,6 +183,7 @@ def run_performance(
     progress.step = "prepare_inputs"
     sample_shape = performance.dataset_sample_shape(model, config.dataset)
     feeds = performance.synthetic_inputs(model.inputs, config.batch_size, sample_shape=sample_shape)
+    result.fed_shapes = [list(feed.shape) for feed in feeds]
     progress.step = "first_inference"
     result.first_inference_s = performance.first_inference_s(model, feeds)
     rule = run_length(config)
@@ -218,6 +219,7 @@ def run_accuracy(
     progress.step = "load_dataset"
     model_input = accuracy.single_io(model)
     data = accuracy.load_dataset(config.dataset, model_input)
+    result.fed_shapes = [[config.batch_size, *data.x.shape[1:]]]
     progress.step = "accuracy"
     result.accuracy = accuracy.evaluate(model, data, config.batch_size, config.topk)
 

@@ -173,6 +173,9 @@ class RunnerResult(_Strict):
     inter_op_threads: int = 0
     batch_size: int = 0
     inputs: list[TensorInfo] = Field(default_factory=list)
+    fed_shapes: list[list[int]] = Field(
+        default_factory=list, description="The concrete shape of each input fed, batch first."
+    )
     outputs: list[str] = Field(default_factory=list)
     load_time_s: float | None = None
     first_inference_s: float | None = None

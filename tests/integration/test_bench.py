@@ -104,3 +104,44 @@ def test_bench_on_an_invalid_request_prints_one_error_finish_and_exits_1(
     assert isinstance(finish, FinishEvent) and finish.status == "error"
     assert finish.data.step == "validate" and finish.data.id == "bad-request"
     assert "input_model.precision" in finish.data.message
+
+
+def test_a_dynamic_shape_model_records_the_shapes_it_was_fed(tmp_path: Path) -> None:
+    """One model with inputs [None, None, None, 3], two datasets of different image sizes:
+    different shapes on record in the step, and different fingerprint ids."""
+    import keras
+    import numpy as np
+
+    from service.runner.loading import freeze_keras_model
+
+    inputs = keras.Input((None, None, 3), name="image")
+    pooled = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(4, activation="softmax")(pooled))
+    (tmp_path / "dynamic.pb").write_bytes(
+        freeze_keras_model(model, "dynamic").graph_def.SerializeToString()
+    )
+    rng = np.random.default_rng(3)
+    finishes = {}
+    for size in (16, 24):
+        run_dir = tmp_path / f"size{size}"
+        run_dir.mkdir()
+        x = rng.random((64, size, size, 3), dtype=np.float32)
+        np.savez(run_dir / "data.npz", x=x, y=rng.integers(0, 4, 64))
+        request = {
+            "id": f"dynamic-{size}",
+            "input_model": {"precision": "fp32", "path": str(tmp_path / "dynamic.pb"),
+                            "mods": ["performance", "accuracy"]},
+            "benchmark": {**SHORT, "batch_size": 2, "instances": 1, "cores_per_instance": 1,
+                          "dataset": str(run_dir / "data.npz")},
+        }  # fmt: skip
+        code, events = bench(request, tmp_path, run_dir)
+        assert code == 0, events[-1]
+        finishes[size] = events[-1].data.model_dump()
+
+    for size, data in finishes.items():
+        steps = data["execution_details"]["input_model_benchmark"]
+        assert steps["performance"]["inputs"][0]["shape"] == [None, None, None, 3]
+        assert steps["performance"]["fed_shapes"] == [[2, size, size, 3]]
+        assert steps["accuracy"]["fed_shapes"] == [[2, size, size, 3]]
+        assert data["fingerprint"]["workload"]["fed_shapes"] == [[2, size, size, 3]]
+    assert finishes[16]["fingerprint"]["id"] != finishes[24]["fingerprint"]["id"]

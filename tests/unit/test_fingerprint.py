@@ -155,3 +155,20 @@ def test_the_id_differs_between_onednn_on_and_off_and_between_kernel_features() 
     assert on["id"] != off["id"]
     assert amx["id"] != on["id"]
     assert set(cpu["features"]) <= set(fingerprint.KERNEL_FEATURES)
+
+
+def test_the_id_differs_with_the_shapes_fed_and_the_dataset() -> None:
+    machine = fingerprint.machine_facts([0])
+    models = {"input_model": {"sha256": "ab" * 32, "size_bytes": 10, "files": 1, "path": "/a"}}
+    dataset = {"sha256": "cd" * 32, "size_bytes": 5, "path": "/d.npz"}
+
+    def built(shape: list[int], data: dict | None) -> dict:
+        step = {"fed_shapes": [shape]}
+        return fingerprint.build(machine, models, None, fingerprint.workload_facts(step, data))
+
+    small, large = built([1, 128, 128, 3], dataset), built([1, 224, 224, 3], dataset)
+    other_data = built([1, 128, 128, 3], {**dataset, "sha256": "ef" * 32})
+
+    assert small["workload"]["fed_shapes"] == [[1, 128, 128, 3]]
+    assert small["workload"]["dataset"] == {"sha256": "cd" * 32, "size_bytes": 5}
+    assert len({small["id"], large["id"], other_data["id"]}) == 3
