@@ -15,7 +15,7 @@ tensorflow/core/protobuf/saved_model.proto, meta_graph.proto):
 * ``SavedModel``: ``meta_graphs = 2``; ``MetaGraphDef``: ``graph_def = 2``.
 
 Keras files hold layers, not ops: :func:`model_op_types` returns ``None`` for them (the
-runner's one-call check covers them).
+pre-flight check's one call covers them).
 
 >>> node = _field(2, b"Conv2D")
 >>> sorted(graph_op_types(_field(1, node) + _field(1, _field(2, b"Relu"))))

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import os
 
+from service.onednn import ENV_VARIABLE
 from service.runner.pinning import StepError
 
-ENV_VARIABLE = "TF_ENABLE_ONEDNN_OPTS"
 STEP = "import_tensorflow"
 
 

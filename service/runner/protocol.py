@@ -7,7 +7,7 @@ reads it, benchmarks one (model, mode, instance) and writes a JSON :class:`Runne
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Self
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
@@ -24,6 +24,18 @@ def write_atomic(path: Path, text: str) -> None:
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class _JsonFile(_Strict):
+    """A child's JSON result file: written atomically, read back validated."""
+
+    def write(self, path: Path) -> None:
+        """Write atomically: a reader never sees half a file."""
+        write_atomic(path, self.model_dump_json())
+
+    @classmethod
+    def read(cls, path: Path) -> Self:
+        return cls.model_validate_json(path.read_bytes())
 
 
 class RunnerModel(_Strict):
@@ -142,7 +154,7 @@ class PreflightModel(_Strict):
     error: RunnerError | None = None
 
 
-class PreflightResult(_Strict):
+class PreflightResult(_JsonFile):
     """What ``python -m service.runner.preflight`` writes."""
 
     pid: int
@@ -151,16 +163,8 @@ class PreflightResult(_Strict):
     models: dict[str, PreflightModel] = Field(default_factory=dict)
     error: RunnerError | None = None
 
-    def write(self, path: Path) -> None:
-        """Write atomically: a reader never sees half a file."""
-        write_atomic(path, self.model_dump_json())
 
-    @classmethod
-    def read(cls, path: Path) -> PreflightResult:
-        return cls.model_validate_json(path.read_bytes())
-
-
-class RunnerResult(_Strict):
+class RunnerResult(_JsonFile):
     model: Literal["input_model", "optimized_model"]
     mode: Literal["performance", "accuracy"]
     instance: int
@@ -193,14 +197,6 @@ class RunnerResult(_Strict):
     performance: PerformanceResult | None = None
     accuracy: AccuracyResult | None = None
     error: RunnerError | None = None
-
-    def write(self, path: Path) -> None:
-        """Write atomically: a reader never sees half a file."""
-        write_atomic(path, self.model_dump_json())
-
-    @classmethod
-    def read(cls, path: Path) -> RunnerResult:
-        return cls.model_validate_json(path.read_bytes())
 
 
 # The synchronised start: after warmup each instance creates ``<sync_dir>/ready.<i>``; the
