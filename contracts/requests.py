@@ -32,6 +32,9 @@ MODE_ALIASES = {"benchmark": "performance", "performance": "performance", "accur
 
 SCHEMA_VERSION = 1
 REQUEST_MESSAGE_TYPE = "benchmark_request"
+DEFAULT_MAX_DURATION_S = 60.0
+# Settings that decide the timed window's length; a request that sets one chose its run length.
+RUN_LENGTH_FIELDS = ("iterations", "min_iterations", "max_duration_s")
 """The AMQP ``type`` property publishers set on a request (the worker does not require it)."""
 
 
@@ -152,11 +155,11 @@ class BenchmarkSettings(Contract):
         description="Minimum timed calls per instance; the window runs until both duration_s "
         "and min_iterations are met, or max_duration_s is reached.",
     )
-    max_duration_s: float = Field(
-        default=60.0,
+    max_duration_s: float | None = Field(
+        default=None,
         gt=0,
         le=86_400,
-        description="Hard cap on the timed window.",
+        description="Hard cap on the timed window. Default: 60, or duration_s when that is longer.",
     )
     dataset: str | None = Field(
         default=None,
@@ -184,6 +187,16 @@ class BenchmarkSettings(Contract):
         "setting (worker.onednn, itself 'auto' by default).",
     )
 
+    def cap_s(self) -> float:
+        """The timed window's hard cap: ``max_duration_s``, else 60 or ``duration_s``."""
+        if self.max_duration_s is not None:
+            return self.max_duration_s
+        return max(DEFAULT_MAX_DURATION_S, self.duration_s)
+
+    def run_length_chosen(self) -> tuple[str, ...]:
+        """The run-length settings this request set itself (not left to their defaults)."""
+        return tuple(name for name in RUN_LENGTH_FIELDS if name in self.model_fields_set)
+
 
 class BenchmarkRequest(Contract):
     """A request on ``benchmark.requests``."""
@@ -201,10 +214,11 @@ class BenchmarkRequest(Contract):
 
     @model_validator(mode="after")
     def _accuracy_needs_a_dataset(self) -> BenchmarkRequest:
-        if self.benchmark.max_duration_s < self.benchmark.duration_s:
+        cap_s = self.benchmark.max_duration_s
+        if cap_s is not None and cap_s < self.benchmark.duration_s:
             raise ValueError(
-                f"benchmark.max_duration_s ({self.benchmark.max_duration_s:g}) must not be "
-                f"below benchmark.duration_s ({self.benchmark.duration_s:g})"
+                f"benchmark.max_duration_s ({cap_s:g}) must not be below "
+                f"benchmark.duration_s ({self.benchmark.duration_s:g})"
             )
         if self.benchmark.dataset is None:
             for role, _model, mode in self.steps():

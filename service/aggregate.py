@@ -160,6 +160,7 @@ def _instance_figures(result: RunnerResult, batch_size: int) -> dict[str, Any]:
         "warmup_iterations": result.warmup_iterations,
         "warmup_s": _round(result.warmup_s),
         "load_time_s": result.load_time_s,
+        "freeze_cache": result.freeze_cache,
         "first_inference_s": result.first_inference_s,
         "peak_rss_bytes": result.peak_rss_bytes,
         "cpu_window": None
@@ -206,6 +207,7 @@ def summarize_accuracy(result: RunnerResult) -> dict[str, Any]:
         "outputs_constant": acc.outputs_constant,
         "predicted_classes": acc.predicted_classes,
         "load_time_s": result.load_time_s,
+        "freeze_cache": result.freeze_cache,
         "peak_rss_bytes": result.peak_rss_bytes,
         "costs": _costs([result]),
     }

@@ -129,6 +129,7 @@ def summary(
                 "op_types": model.op_types,
                 "ops_needing_onednn": onednn.needs_onednn(model.op_types),
                 "load_time_s": _round(model.load_time_s),
+                "freeze_cache": model.freeze_cache,
                 "one_call_s": _round(model.call_s),
             }
             for role, model in result.models.items()

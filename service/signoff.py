@@ -23,11 +23,21 @@ class SignOff:
     models: dict[str, dict[str, Any]]
     batch_size: int
     dataset: dict[str, Any] | None = None
+    run_length: dict[str, Any] = field(default_factory=dict)
     performance_results: dict[str, list[RunnerResult]] = field(default_factory=dict)
 
     @classmethod
-    async def collect(cls, config: RunnerConfig, runner_cpus: Sequence[int]) -> SignOff:
-        """Read the machine and hash the models (in threads: models can be big)."""
+    async def collect(
+        cls,
+        config: RunnerConfig,
+        runner_cpus: Sequence[int],
+        run_length_chosen: Sequence[str] = (),
+    ) -> SignOff:
+        """Read the machine and hash the models (in threads: models can be big).
+
+        ``run_length_chosen``: the run-length settings the request set itself; a window too
+        short for a percentile is then what was asked for (a warning), not a wrong result.
+        """
         machine = await asyncio.to_thread(fingerprint.machine_facts, runner_cpus)
         models = await fingerprint.hash_models(
             {role: model.path for role, model in config.models.items()}
@@ -35,7 +45,14 @@ class SignOff:
         dataset = None
         if config.dataset is not None:
             dataset = (await fingerprint.hash_models({"dataset": config.dataset}))["dataset"]
-        return cls(machine, models, config.batch_size, dataset)
+        run_length = {
+            "iterations": config.iterations,
+            "duration_s": config.duration_s,
+            "min_iterations": config.min_iterations,
+            "max_duration_s": config.max_duration_s,
+            "chosen": list(run_length_chosen),
+        }
+        return cls(machine, models, config.batch_size, dataset, run_length)
 
     def _model_size(self, role: str) -> int | None:
         return self.models.get(role, {}).get("size_bytes")
@@ -51,6 +68,7 @@ class SignOff:
             aggregate.ROLE_SEEDS.get(role, aggregate.stats.BOOTSTRAP_SEED),
         )
         figures["costs"]["model_size_bytes"] = self._model_size(role)
+        figures["run_length"] = self.run_length
         figures["verdict"] = verdict.performance_verdict(figures, pinning_mismatches)
         self.performance_results[role] = list(results)
         return figures

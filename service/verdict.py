@@ -14,7 +14,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from service import window_plan
 from service.cpulist import format_cpu_list
+from service.runner.runlength import RunLength
 
 VALID, INVALID = "valid", "invalid"
 
@@ -60,7 +62,7 @@ def performance_verdict(
     reasons: list[Item] = []
     warnings: list[Item] = []
     _check_samples(figures, reasons, warnings)
-    _check_stop(figures, reasons)
+    _check_stop(figures, reasons, warnings)
     _check_spread(figures, warnings)
     for instance in figures.get("per_instance", []):
         _check_cpu_window(instance, reasons, warnings)
@@ -77,16 +79,53 @@ def performance_verdict(
     return _verdict(reasons, warnings)
 
 
+def _rule(figures: Mapping[str, Any]) -> tuple[RunLength, set[str]]:
+    """The run-length rule the step ran under and the settings the request chose itself.
+
+    Figures without ``run_length`` (built by hand) count as a run whose settings were all
+    chosen by the worker, with a capped window a reason (the strictest reading).
+    """
+    given = figures.get("run_length")
+    if not given:
+        return RunLength(iterations=None, duration_s=1.0), set()
+    rule = RunLength(
+        iterations=given.get("iterations"),
+        duration_s=given["duration_s"],
+        min_iterations=given.get("min_iterations") or 1,
+        max_duration_s=given.get("max_duration_s"),
+    )
+    return rule, set(given.get("chosen") or ())
+
+
+def _call_s(figures: Mapping[str, Any]) -> float:
+    means = [i["latency_ms_mean"] for i in figures.get("per_instance", []) if i.get("iterations")]
+    return (max(means) if means else figures.get("latency_ms_mean") or 0.0) / 1000
+
+
 def _check_samples(figures: Mapping[str, Any], reasons: list[Item], warnings: list[Item]) -> None:
+    """A percentile below its floor is not reported. For p50/p90/p99 that makes the step
+    invalid, unless the request chose its own run length: then it got what it asked for and
+    the percentile is only marked insufficient (a warning). The message names the settings
+    that would reach the floor, from the step's own call time."""
+    rule, chosen = _rule(figures)
+    instances = max(len(figures.get("per_instance", [])), 1)
+    call_s = _call_s(figures)
     for entry in figures.get("latency_percentiles", []):
         if entry["status"] != "insufficient":
             continue
         name = _pct_name(entry["percentile"])
+        calls = window_plan.calls_needed(entry["min_samples"], instances)
+        needed_s = calls * call_s
         message = (
             f"{name} needs at least {entry['min_samples']} batch latencies, the run has "
-            f"{entry['samples']}; it is not reported (raise min_iterations or duration_s)"
+            f"{entry['samples']}; it is not reported. At {call_s * 1000:.3g} ms per call "
+            f"and {instances} instance(s) it needs ~{needed_s:.3g} s of timed window: "
+            f"{window_plan.settings_fix(rule, calls, needed_s)}"
         )
-        target = reasons if entry["percentile"] in REQUIRED_PERCENTILES else warnings
+        required = entry["percentile"] in REQUIRED_PERCENTILES
+        if required and chosen:
+            message += f" (the request set {', '.join(sorted(chosen))}, so this is a warning)"
+        target = reasons if required and not chosen else warnings
         target.append(
             _item(
                 "insufficient_samples",
@@ -94,18 +133,33 @@ def _check_samples(figures: Mapping[str, Any], reasons: list[Item], warnings: li
                 percentile=entry["percentile"],
                 samples=entry["samples"],
                 min_samples=entry["min_samples"],
+                window_needed_s=round(needed_s, 3),
             )
         )
 
 
-def _check_stop(figures: Mapping[str, Any], reasons: list[Item]) -> None:
+def _check_stop(figures: Mapping[str, Any], reasons: list[Item], warnings: list[Item]) -> None:
+    """The cap ended the window before ``min_iterations``. That is a reason only when the
+    request asked for those calls (set min_iterations) and left the cap at its default; the
+    percentiles' own floors are checked by :func:`_check_samples` either way."""
+    rule, chosen = _rule(figures)
     capped = [i for i in figures.get("per_instance", []) if i.get("stop_reason") == "max_duration"]
+    if not capped:
+        return
+    call_s = _call_s(figures)
+    needed_s = rule.min_iterations * call_s
+    cap = f" ({rule.max_duration_s:g} s)" if rule.max_duration_s is not None else ""
+    asked = not figures.get("run_length") or (
+        "min_iterations" in chosen and "max_duration_s" not in chosen
+    )
     for instance in capped:
-        reasons.append(
+        (reasons if asked else warnings).append(
             _item(
                 "min_iterations_not_met",
-                f"instance {instance['instance']} reached max_duration_s after "
-                f"{instance['iterations']} calls, before min_iterations",
+                f"instance {instance['instance']} reached max_duration_s{cap} after "
+                f"{instance['iterations']} calls, before min_iterations ({rule.min_iterations}); "
+                f"at {call_s * 1000:.3g} ms per call they need ~{needed_s:.3g} s: "
+                f"{window_plan.settings_fix(rule, rule.min_iterations, needed_s)}",
                 instance=instance["instance"],
                 iterations=instance["iterations"],
             )

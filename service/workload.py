@@ -29,7 +29,7 @@ from contracts import (
     error_finish,
     step_key,
 )
-from service import aggregate, preflight
+from service import aggregate, fingerprint, preflight, verdict
 from service import results as result_store
 from service.config import Settings
 from service.errors import StepFailed
@@ -49,11 +49,13 @@ from service.paths import VALIDATE_STEP, model_format, require_existing, resolve
 from service.runner.protocol import RunnerConfig, RunnerModel
 from service.runner.sandbox import RunnerLimits
 from service.signoff import SignOff
+from service.window_plan import WindowPlan, plan_window
 
 log = structlog.get_logger()
 
 Emit = Callable[[StartEvent | ProgressEvent], Awaitable[None]]
 RESULT_FILE = result_store.RESULT_FILE
+FREEZE_CACHE_DIR = "cache/frozen"  # in the workspace, beside workloads/
 
 
 @dataclass
@@ -90,8 +92,12 @@ def prepare(
     models: dict[ModelRole, RunnerModel] = {}
     for role, spec in request.models():
         path = require_existing(resolve_allowed(spec.path, roots, role), spec.path, f"{role}")
+        format_ = model_format(path, spec.path)
         models[role] = RunnerModel(
-            path=str(path), precision=spec.precision, format=model_format(path, spec.path)
+            path=str(path),
+            precision=spec.precision,
+            format=format_,
+            sha256=None if format_ == "frozen_pb" else _content_sha256(path, role),
         )
     dataset = request.benchmark.dataset
     if dataset is not None:
@@ -115,12 +121,13 @@ def prepare(
         iterations=settings_.iterations,
         duration_s=settings_.duration_s,
         min_iterations=settings_.min_iterations,
-        max_duration_s=settings_.max_duration_s,
+        max_duration_s=settings_.cap_s(),
         dataset=dataset,
         topk=settings_.metric.topk,
         inputs=list(settings_.inputs) if settings_.inputs else None,
         outputs=list(settings_.outputs) if settings_.outputs else None,
         onednn=decision.effective,
+        freeze_cache_dir=str(directory.parent.parent / FREEZE_CACHE_DIR),
     )
     try:
         if directory.exists():
@@ -136,6 +143,14 @@ def prepare(
         request, run_id, directory, directory / "config.yaml", plan, config, topology,
         onednn=decision, limits=limits,
     )  # fmt: skip
+
+
+def _content_sha256(path: Path, role: str) -> str:
+    """The SHA-256 of a model's content, the freeze cache's key (a SavedModel: all its files)."""
+    try:
+        return str(fingerprint.hash_path(path)["sha256"])
+    except OSError as exc:
+        raise StepFailed("prepare", f"{role}: cannot read {path}: {exc.strerror}") from None
 
 
 def workload_directory(request: BenchmarkRequest, settings: Settings) -> Path:
@@ -207,7 +222,9 @@ async def _run_steps(
     request = workload.request
     steps = request.steps()
     payload: dict[str, Any] = {"id": request.id, "execution_details": {}, **extra}
-    signoff = await SignOff.collect(workload.config, workload.runner_cpus)  # machine, hashes
+    signoff = await SignOff.collect(  # machine, hashes
+        workload.config, workload.runner_cpus, request.benchmark.run_length_chosen()
+    )
     for number, (role, spec, mode) in enumerate(steps, start=1):
         tracker.current = f"{role}/{mode}"
         try:
@@ -246,9 +263,18 @@ async def _run_step(
         _launch(workload, role, mode, number, instance, sync_dir)
         for number, instance in enumerate(instances)
     ]
+    planned: list[WindowPlan] = []
+
+    def announce_window(call_times_s: list[float | None]) -> None:
+        known = [t for t in call_times_s if t is not None]
+        if known:
+            planned.append(_plan_window(workload.config, max(known), len(launches)))
+            log.info("window_planned", workload_id=workload.request.id, step=step,
+                     message=planned[0].message)  # fmt: skip
+
     started_s = time.monotonic()
     try:
-        results = await run_instances(launches, sync_dir, workload.limits)
+        results = await run_instances(launches, sync_dir, workload.limits, announce_window)
     except StepProcessesFailed as exc:
         raise StepFailed(step, f"{step} failed: {exc}") from None
     step_wall_s = time.monotonic() - started_s
@@ -256,6 +282,13 @@ async def _run_step(
     details = _seed_details(workload, role, spec, mode, launches)
     details["memory_policy"] = memory_binding(instances[0], workload.topology).policy
     details["step_wall_s"] = round(step_wall_s, 3)
+    if any(result.freeze_cache for result in results):
+        details["freeze_cache"] = {
+            "per_instance": [result.freeze_cache for result in results],
+            "directory": workload.config.freeze_cache_dir,
+        }
+    if planned:
+        details["window_plan"] = planned[0].to_dict()
     try:
         if mode == "performance":
             figures = await signoff.performance_figures(role, results, mismatches)
@@ -277,6 +310,12 @@ async def _run_step(
     details["onednn"] = workload.onednn.details(results[0].onednn_enabled)
     details["thread_environment"] = results[0].thread_environment
     return details, headline
+
+
+def _plan_window(config: RunnerConfig, call_s: float, instances: int) -> WindowPlan:
+    return plan_window(
+        config.run_length(), call_s, instances, aggregate.PERCENTILES, verdict.REQUIRED_PERCENTILES
+    )
 
 
 def _launch(

@@ -17,7 +17,7 @@ import shlex
 import signal
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,14 +129,20 @@ class StepProcessesFailed(Exception):
         super().__init__("; ".join(f"instance {f.index}: {f.message}" for f in failures))
 
 
+OnReady = Callable[[list[float | None]], None]
+
+
 async def run_instances(
     launches: Sequence[InstanceLaunch],
     sync_dir: Path | None,
     limits: RunnerLimits | None = None,
+    on_ready: OnReady | None = None,
 ) -> list[protocol.RunnerResult]:
     """Run every instance to the end; return their results in instance order.
 
-    With ``sync_dir``, all instances warm up, then start measuring at one common instant.
+    With ``sync_dir``, all instances warm up, then start measuring at one common instant;
+    ``on_ready`` gets each instance's warmup call time (seconds) just before that, while
+    nothing is being timed.
     Cancelling the calling task (time limit, shutdown) kills the whole process group.
     """
     processes: list[asyncio.subprocess.Process] = []
@@ -145,7 +151,7 @@ async def run_instances(
             group = processes[0].pid if processes else 0
             processes.append(await _start(launch, group, limits))
         if sync_dir is not None:
-            await _release_barrier(processes, launches, sync_dir)
+            await _release_barrier(processes, launches, sync_dir, on_ready)
         await _wait_all_or_first_failure(processes)
     finally:
         _kill_group(processes)
@@ -189,6 +195,7 @@ async def _release_barrier(
     processes: list[asyncio.subprocess.Process],
     launches: Sequence[InstanceLaunch],
     sync_dir: Path,
+    on_ready: OnReady | None,
 ) -> None:
     ready = {
         launch.index: sync_dir / f"{protocol.READY_FILE_PREFIX}{launch.index}"
@@ -198,10 +205,21 @@ async def _release_barrier(
         if any(p.returncode is not None for p in processes):
             return  # an instance ended before its warmup finished: _collect reports it
         await asyncio.sleep(_BARRIER_POLL_S)
+    if on_ready is not None:
+        on_ready([_ready_call_s(path) for path in ready.values()])
     go = sync_dir / protocol.GO_FILE
     tmp = go.with_name(go.name + ".tmp")
     tmp.write_text(json.dumps({"start_at_s": time.monotonic() + _START_DELAY_S}))
     tmp.replace(go)
+
+
+def _ready_call_s(path: Path) -> float | None:
+    """The warmup call time an instance announced in its ready file (None: not readable)."""
+    try:
+        value = json.loads(path.read_text()).get("call_s")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return float(value) if isinstance(value, int | float) and value > 0 else None
 
 
 async def _wait_all_or_first_failure(processes: list[asyncio.subprocess.Process]) -> None:

@@ -139,8 +139,15 @@ def run(args: argparse.Namespace, result: RunnerResult, progress: Progress) -> N
 
     progress.step = "load_model"
     started = time.perf_counter()
-    model = load_model(spec, cpu_count=threads, inputs=config.inputs, outputs=config.outputs)
+    model = load_model(
+        spec,
+        cpu_count=threads,
+        inputs=config.inputs,
+        outputs=config.outputs,
+        cache_dir=config.freeze_cache_dir,
+    )
     result.load_time_s = time.perf_counter() - started
+    result.freeze_cache = model.freeze_cache
     result.inputs = model.inputs
     result.outputs = model.outputs
     result.intra_op_threads = model.intra_op_threads
@@ -191,22 +198,28 @@ def run_performance(
     result.warmup_iterations, result.warmup_s = performance.warm_up(
         model, feeds, config.warmup, config.warmup_s
     )
+    call_s = _warmup_call_s(result)
+    print(f"warmup: {result.warmup_iterations} calls, {call_s * 1000:.3f} ms per call", flush=True)
     if args.sync_dir is not None:
         progress.step = "sync"
-        start_at_s = performance.wait_for_go(args.sync_dir, args.instance, config.barrier_timeout_s)
+        start_at_s = performance.wait_for_go(
+            args.sync_dir, args.instance, config.barrier_timeout_s, call_s
+        )
         performance.sleep_until(start_at_s)
     progress.step = "measure"
     result.performance = performance.measure(model, feeds, rule, cpus=result.cpus_planned)
 
 
+def _warmup_call_s(result: RunnerResult) -> float:
+    """The warmup's mean call time; the first call's when there was no warmup."""
+    if result.warmup_iterations and result.warmup_s:
+        return result.warmup_s / result.warmup_iterations
+    return result.first_inference_s or 0.0
+
+
 def run_length(config: RunnerConfig) -> RunLength:
     try:
-        return RunLength(
-            iterations=config.iterations,
-            duration_s=config.duration_s,
-            min_iterations=config.min_iterations,
-            max_duration_s=config.max_duration_s,
-        )
+        return config.run_length()
     except ValueError as exc:
         raise StepError("load_config", f"run-length settings are not valid: {exc}") from None
 

@@ -83,6 +83,8 @@ class LoadedModel:
     """The callable the timed loop uses: the bare output tensor when there is one output
     (a list fetch costs ~2% on a small model at batch 1, measured), else the list."""
     output_shapes: list[list[int | None] | None] = field(default_factory=list)
+    freeze_cache: str | None = None
+    """``hit`` or ``miss`` when the frozen graph came through the freeze cache."""
 
     def close(self) -> None:
         self.session.close()
@@ -94,13 +96,26 @@ def load_model(
     cpu_count: int,
     inputs: Sequence[str] | None = None,
     outputs: Sequence[str] | None = None,
+    cache_dir: str | Path | None = None,
 ) -> LoadedModel:
-    """Load ``model`` and build its session; raise :class:`StepError` on any problem."""
-    frozen = freeze_model(model)
+    """Load ``model`` and build its session; raise :class:`StepError` on any problem.
+
+    With ``cache_dir``, a SavedModel or Keras model is frozen once per content and TensorFlow
+    version (:mod:`service.runner.freeze_cache`).
+    """
+    outcome = None
+    if cache_dir is not None and model.format != "frozen_pb" and model.sha256:
+        from service.runner.freeze_cache import frozen_with_cache
+
+        frozen, outcome = frozen_with_cache(model, Path(cache_dir), lambda: freeze_model(model))
+    else:
+        frozen = freeze_model(model)
     graph = _import_graph(frozen.graph_def, model.path)
     input_names = _pick_tensors(graph, inputs, frozen.inputs, "inputs", model.path)
     output_names = _pick_tensors(graph, outputs, frozen.outputs, "outputs", model.path)
-    return _make_session(graph, input_names, output_names, cpu_count)
+    loaded = _make_session(graph, input_names, output_names, cpu_count)
+    loaded.freeze_cache = outcome
+    return loaded
 
 
 def freeze_model(model: RunnerModel) -> FrozenGraph:

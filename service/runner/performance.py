@@ -18,7 +18,13 @@ import tensorflow as tf
 from service.runner import probes
 from service.runner.loading import LoadedModel
 from service.runner.pinning import StepError
-from service.runner.protocol import GO_FILE, READY_FILE_PREFIX, PerformanceResult, TensorInfo
+from service.runner.protocol import (
+    GO_FILE,
+    READY_FILE_PREFIX,
+    PerformanceResult,
+    TensorInfo,
+    write_atomic,
+)
 from service.runner.runlength import RunLength, warmup_done
 
 SEED = 20240229
@@ -129,11 +135,14 @@ def warm_up(
     return done, time.perf_counter() - started
 
 
-def wait_for_go(sync_dir: Path, instance: int, timeout_s: float) -> float:
-    """Announce readiness, wait for the go file, return its ``start_at_s``."""
+def wait_for_go(
+    sync_dir: Path, instance: int, timeout_s: float, call_s: float | None = None
+) -> float:
+    """Announce readiness (with the warmup's mean call time, from which the worker plans the
+    window), wait for the go file, return its ``start_at_s``."""
     ready = sync_dir / f"{READY_FILE_PREFIX}{instance}"
     try:
-        ready.touch()
+        write_atomic(ready, json.dumps({"call_s": call_s}))
     except OSError as exc:
         raise StepError("sync", f"could not create {ready}: {exc.strerror}") from None
     deadline_s = time.monotonic() + timeout_s

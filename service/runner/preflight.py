@@ -91,11 +91,18 @@ def check_model(
     out = PreflightModel()
     started = time.perf_counter()
     try:
-        model = load_model(spec, cpu_count=threads, inputs=config.inputs, outputs=config.outputs)
+        model = load_model(
+            spec,
+            cpu_count=threads,
+            inputs=config.inputs,
+            outputs=config.outputs,
+            cache_dir=config.freeze_cache_dir,
+        )
     except StepError as exc:
         out.error = RunnerError(step="load_model", message=f"{role}: {exc.message}")
         return out
     out.load_time_s = time.perf_counter() - started
+    out.freeze_cache = model.freeze_cache
     graph = model.session.graph
     out.op_types = sorted({op.type for op in graph.get_operations()})
     try:

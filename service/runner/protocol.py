@@ -12,6 +12,8 @@ from typing import Literal, Self
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.runner.runlength import RunLength
+
 ModelFormat = Literal["frozen_pb", "saved_model", "keras"]
 
 
@@ -42,6 +44,11 @@ class RunnerModel(_Strict):
     path: str
     precision: str
     format: ModelFormat
+    sha256: str | None = Field(
+        default=None,
+        description="The model's content hash (SavedModel and Keras): keys its frozen graph in "
+        "the freeze cache",
+    )
 
 
 class RunnerConfig(_Strict):
@@ -62,11 +69,25 @@ class RunnerConfig(_Strict):
     inputs: list[str] | None = None
     outputs: list[str] | None = None
     barrier_timeout_s: float = Field(default=120.0, gt=0)
+    freeze_cache_dir: str | None = Field(
+        default=None,
+        description="Where SavedModel and Keras models are kept frozen (service.runner."
+        "freeze_cache); None: freeze in every process",
+    )
     onednn: bool | None = Field(
         default=None,
         description="TF_ENABLE_ONEDNN_OPTS the runner sets before TensorFlow starts (the "
         "request's effective oneDNN setting); None: TensorFlow's default.",
     )
+
+    def run_length(self) -> RunLength:
+        """The timed window's rule; ValueError if the settings contradict each other."""
+        return RunLength(
+            iterations=self.iterations,
+            duration_s=self.duration_s,
+            min_iterations=self.min_iterations,
+            max_duration_s=self.max_duration_s,
+        )
 
     def write(self, path: Path) -> None:
         path.write_text(yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))
@@ -150,6 +171,7 @@ class PreflightModel(_Strict):
 
     op_types: list[str] = Field(default_factory=list)
     load_time_s: float | None = None
+    freeze_cache: Literal["hit", "miss"] | None = None
     call_s: float | None = None
     error: RunnerError | None = None
 
@@ -182,6 +204,11 @@ class RunnerResult(_JsonFile):
     )
     outputs: list[str] = Field(default_factory=list)
     load_time_s: float | None = None
+    freeze_cache: Literal["hit", "miss"] | None = Field(
+        default=None,
+        description="the frozen graph came from the freeze cache (hit) or was "
+        "frozen here and stored (miss); None: a frozen graph, or no cache",
+    )
     first_inference_s: float | None = None
     warmup_iterations: int = 0
     warmup_s: float | None = Field(default=None, description="measured length of the warmup")

@@ -17,7 +17,10 @@ pytestmark = pytest.mark.tensorflow
 SHORT = {"duration_s": 0.5, "warmup": 2, "warmup_s": 0, "min_iterations": 10, "max_duration_s": 1}
 
 
-def bench(request: dict[str, Any], sample_dir: Path, tmp_path: Path) -> tuple[int, list[Any]]:
+def bench_run(
+    request: dict[str, Any], sample_dir: Path, tmp_path: Path
+) -> tuple[int, list[Any], str]:
+    """Exit code, events and stderr (the worker's log lines) of one ``bench``."""
     path = tmp_path / "request.json"
     path.write_text(json.dumps({**request, "workspace_path": str(tmp_path)}))
     done = subprocess.run(
@@ -25,7 +28,12 @@ def bench(request: dict[str, Any], sample_dir: Path, tmp_path: Path) -> tuple[in
          "--allowed-root", str(sample_dir), "--allowed-root", str(tmp_path)],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
-    return done.returncode, [parse_event(line) for line in done.stdout.splitlines()]
+    return done.returncode, [parse_event(line) for line in done.stdout.splitlines()], done.stderr
+
+
+def bench(request: dict[str, Any], sample_dir: Path, tmp_path: Path) -> tuple[int, list[Any]]:
+    code, events, _ = bench_run(request, sample_dir, tmp_path)
+    return code, events
 
 
 def test_seed_request_without_a_broker(sample_dir: Path, tmp_path: Path) -> None:
@@ -145,3 +153,99 @@ def test_a_dynamic_shape_model_records_the_shapes_it_was_fed(tmp_path: Path) -> 
         assert steps["accuracy"]["fed_shapes"] == [[2, size, size, 3]]
         assert data["fingerprint"]["workload"]["fed_shapes"] == [[2, size, size, 3]]
     assert finishes[16]["fingerprint"]["id"] != finishes[24]["fingerprint"]["id"]
+
+
+def _slow_graph(path: Path, matmuls: int = 4) -> None:
+    """A frozen graph of ~0.1 s per call on one core: a chain of 1024x1024 matmuls that
+    depends on the input (so nothing is constant-folded away)."""
+    import tensorflow as tf
+
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [None, 8], name="x")
+        a = tf.random.stateless_uniform([1024, 1024], seed=[1, 2]) * tf.reduce_mean(x)
+        b = tf.random.stateless_uniform([1024, 1024], seed=[3, 4])
+        for _ in range(matmuls):
+            a = tf.matmul(a, b) * 1e-3
+        tf.identity(x[:, :2] + tf.reduce_sum(a), name="scores")
+    path.write_bytes(graph.as_graph_def().SerializeToString())
+
+
+def test_a_slow_model_is_told_its_window_first_and_a_chosen_short_run_stays_valid(
+    tmp_path: Path,
+) -> None:
+    """1000 calls of a ~0.1 s model exceed any short cap. The plan (from the warmup's call
+    time) is logged before timing and kept in the step; a request that set its own cap gets
+    p99 marked insufficient, as a warning, not an invalid result."""
+    _slow_graph(tmp_path / "slow.pb")
+    request = {
+        "id": "slow-model",
+        "input_model": {"precision": "fp32", "path": str(tmp_path / "slow.pb")},
+        "benchmark": {"duration_s": 1, "max_duration_s": 3, "warmup": 3, "warmup_s": 0,
+                      "instances": 1, "cores_per_instance": 1},
+    }  # fmt: skip
+
+    code, events, stderr = bench_run(request, tmp_path, tmp_path)
+
+    assert code == 0, events[-1]
+    data = events[-1].data.model_dump()
+    step = data["execution_details"]["input_model_benchmark"]["performance"]
+    plan = step["window_plan"]
+    assert plan["ends_by"] == "max_duration_s" and plan["window_s"] == 3.0
+    assert plan["calls_per_instance"] < 1000 and plan["call_ms"] > 20
+    assert "p99" in plan["message"] and "benchmark.max_duration_s to" in plan["message"]
+    assert "window_planned" in stderr and "ended by max_duration_s" in stderr
+    assert step["window_s"] == pytest.approx(3.0, rel=0.25)
+    assert abs(step["per_instance"][0]["iterations"] - plan["calls_per_instance"]) <= max(
+        3, plan["calls_per_instance"] // 3
+    )  # the warmup's call time predicted the window
+    p99 = next(e for e in step["latency_percentiles"] if e["percentile"] == 99.0)
+    assert p99["status"] == "insufficient" and step["latency_ms_p99"] is None
+    reasons = {r["code"] for r in step["verdict"]["reasons"]}
+    assert not reasons & {"insufficient_samples", "min_iterations_not_met"}, reasons
+    warned = {w["code"] for w in step["verdict"]["warnings"]}
+    assert {"insufficient_samples", "min_iterations_not_met"} <= warned
+    assert step["run_length"]["chosen"] == ["max_duration_s"]
+
+
+def test_a_savedmodel_is_frozen_once_per_content_and_the_next_runs_hit_the_cache(
+    sample_dir: Path, tmp_path: Path
+) -> None:
+    """The pre-flight check freezes the SavedModel and stores it; every runner after it, and
+    the next request, read the same graph back. New content (a file added) is a new entry."""
+    import shutil
+
+    model = tmp_path / "models" / "saved_model"
+    shutil.copytree(sample_dir / "saved_model", model)
+    request = {
+        "id": "freeze-cache",
+        "input_model": {"precision": "fp32", "path": str(model)},
+        "benchmark": {**SHORT, "instances": 2, "cores_per_instance": 1},
+    }
+
+    def run() -> dict[str, Any]:
+        code, events = bench(request, sample_dir, tmp_path)
+        assert code == 0, events[-1]
+        return events[-1].data.model_dump()
+
+    first, second = run(), run()
+    (model / "assets").mkdir(exist_ok=True)
+    (model / "assets" / "note.txt").write_text("changed")
+    changed = run()
+
+    def outcomes(data: dict[str, Any]) -> tuple[str, list[str]]:
+        step = data["execution_details"]["input_model_benchmark"]["performance"]
+        preflight = data["preflight"]["models"]["input_model"]["freeze_cache"]
+        return preflight, step["freeze_cache"]["per_instance"]
+
+    assert outcomes(first) == ("miss", ["hit", "hit"])
+    assert outcomes(second) == ("hit", ["hit", "hit"])
+    assert outcomes(changed) == ("miss", ["hit", "hit"])
+    entries = sorted((tmp_path / "cache" / "frozen").glob("*.pb"))
+    assert len(entries) == 2  # one per content
+    step = first["execution_details"]["input_model_benchmark"]["performance"]
+    assert [i["freeze_cache"] for i in step["per_instance"]] == ["hit", "hit"]
+    assert (
+        first["preflight"]["models"]["input_model"]["op_types"]
+        == (second["preflight"]["models"]["input_model"]["op_types"])
+    )
