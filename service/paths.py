@@ -31,6 +31,13 @@ def require_existing(path: Path, raw: str, what: str) -> Path:
     return path
 
 
+def _inside_saved_model(path: Path) -> bool:
+    """``saved_model.pb`` beside a SavedModel's ``variables/`` or ``fingerprint.pb``."""
+    return path.name == "saved_model.pb" and (
+        (path.parent / "variables").is_dir() or (path.parent / "fingerprint.pb").is_file()
+    )
+
+
 def model_format(path: Path, raw: str) -> str:
     """``frozen_pb``, ``saved_model`` or ``keras``, from what is at ``path``."""
     if path.is_dir():
@@ -40,6 +47,12 @@ def model_format(path: Path, raw: str) -> str:
             VALIDATE_STEP, f"model directory {raw} is not a SavedModel (no saved_model.pb in it)"
         )
     suffix = path.suffix.lower()
+    if suffix == ".pb" and _inside_saved_model(path):
+        raise StepFailed(
+            VALIDATE_STEP,
+            f"model {raw} is the saved_model.pb of a SavedModel, not a frozen graph: pass the "
+            f"SavedModel's directory ({path.parent}) as the path",
+        )
     if suffix == ".pb":
         return "frozen_pb"
     if suffix in (".keras", ".h5", ".hdf5"):

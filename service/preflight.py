@@ -19,7 +19,8 @@ from typing import Any
 from service import fingerprint, graph_ops, onednn
 from service.cpulist import format_cpu_list
 from service.errors import StepFailed
-from service.executor.launch import InstanceLaunch, describe_exit, log_tail, run_process
+from service.executor.failures import describe_exit, log_tail
+from service.executor.launch import InstanceLaunch, run_process
 from service.runner.protocol import PreflightResult, RunnerModel
 from service.runner.sandbox import RunnerLimits
 

@@ -26,6 +26,7 @@ import structlog
 
 from service.config import WorkerSettings
 from service.cpulist import format_cpu_list
+from service.executor.failures import InstanceFailure, describe_exit, log_tail, summarize
 from service.runner import protocol
 from service.runner.sandbox import PARENT_PID_ENV, RunnerLimits
 
@@ -35,9 +36,6 @@ RUNNER_MODULE = "service.runner"
 BENCHMARK_SCRIPT = str(Path(protocol.__file__).with_name("__main__.py"))
 # Variables a runner must not see: models are programs (TensorFlow's SECURITY.md).
 _SECRET_MARKERS = ("AMQP", "PASSWORD", "SECRET", "TOKEN", "CREDENTIAL", "BENCHMARK_WORKER_")
-_LOG_TAIL_LINES = 15
-_LOG_TAIL_BYTES = 16 * 1024
-_LOG_LINE_CHARS = 300
 _CPU_TIME_MARGIN_S = 60
 _BARRIER_POLL_S = 0.005
 _START_DELAY_S = 0.05
@@ -115,18 +113,12 @@ def runner_limits(settings: WorkerSettings, cpus_per_instance: int) -> RunnerLim
     )
 
 
-@dataclass(frozen=True)
-class InstanceFailure:
-    index: int
-    message: str
-
-
 class StepProcessesFailed(Exception):
-    """At least one instance failed; carries a message a user can act on."""
+    """At least one instance failed; carries one message a user can act on."""
 
     def __init__(self, failures: list[InstanceFailure]) -> None:
         self.failures = failures
-        super().__init__("; ".join(f"instance {f.index}: {f.message}" for f in failures))
+        super().__init__(summarize(failures))
 
 
 OnReady = Callable[[list[float | None]], None]
@@ -146,6 +138,7 @@ async def run_instances(
     Cancelling the calling task (time limit, shutdown) kills the whole process group.
     """
     processes: list[asyncio.subprocess.Process] = []
+    stopped: set[int] = set()
     try:
         for launch in launches:
             group = processes[0].pid if processes else 0
@@ -154,9 +147,9 @@ async def run_instances(
             await _release_barrier(processes, launches, sync_dir, on_ready)
         await _wait_all_or_first_failure(processes)
     finally:
-        _kill_group(processes)
+        stopped = _kill_group(processes)
         await asyncio.shield(_reap(processes))
-    return _collect(launches, processes)
+    return _collect(launches, processes, stopped)
 
 
 async def run_process(launch: InstanceLaunch, limits: RunnerLimits | None = None) -> int | None:
@@ -235,15 +228,18 @@ async def _wait_all_or_first_failure(processes: list[asyncio.subprocess.Process]
             task.cancel()
 
 
-def _kill_group(processes: list[asyncio.subprocess.Process]) -> None:
-    if not processes or all(p.returncode is not None for p in processes):
-        return
+def _kill_group(processes: list[asyncio.subprocess.Process]) -> set[int]:
+    """Kill every process of the group still running; the pids it stopped."""
+    running = {p.pid for p in processes if p.returncode is None}
+    if not running:
+        return running
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(processes[0].pid, signal.SIGKILL)
     for process in processes:  # in case one left the group
         with contextlib.suppress(ProcessLookupError):
             if process.returncode is None:
                 process.kill()
+    return running
 
 
 async def _reap(processes: list[asyncio.subprocess.Process]) -> None:
@@ -251,7 +247,9 @@ async def _reap(processes: list[asyncio.subprocess.Process]) -> None:
 
 
 def _collect(
-    launches: Sequence[InstanceLaunch], processes: list[asyncio.subprocess.Process]
+    launches: Sequence[InstanceLaunch],
+    processes: list[asyncio.subprocess.Process],
+    stopped: set[int],
 ) -> list[protocol.RunnerResult]:
     results: list[protocol.RunnerResult] = []
     failures: list[InstanceFailure] = []
@@ -260,7 +258,7 @@ def _collect(
         if process.returncode == 0 and result is not None and result.error is None:
             results.append(result)
             continue
-        failures.append(InstanceFailure(launch.index, _describe_failure(launch, process, result)))
+        failures.append(_failure(launch, process, result, process.pid in stopped))
     if failures:
         raise StepProcessesFailed(failures)
     return results
@@ -273,40 +271,22 @@ def _read_result(path: Path) -> protocol.RunnerResult | None:
         return None
 
 
-def _describe_failure(
+def _failure(
     launch: InstanceLaunch,
     process: asyncio.subprocess.Process,
     result: protocol.RunnerResult | None,
-) -> str:
-    """What happened, how the process ended, and the last lines of its log (bounded)."""
-    how = describe_exit(process.returncode)
-    tail = log_tail(launch.log_path)
-    tail_text = f"; last lines of {launch.log_path}: {tail}" if tail else ""
+    killed_by_us: bool,
+) -> InstanceFailure:
+    """A runner's own error when it wrote one (however it ended after); stopped by the worker
+    when the worker killed it first; else how it ended and the useful end of its log."""
     if result is not None and result.error is not None:
-        return f"{result.error.step} failed: {result.error.message} (runner {how}){tail_text}"
-    return f"runner {how} without a result{tail_text}"
-
-
-def describe_exit(code: int | None) -> str:
-    """``exited with status 2`` or ``was killed by signal SIGSEGV``."""
-    if code is not None and code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = str(-code)
-        return f"was killed by signal {name}"
-    return f"exited with status {code}"
-
-
-def log_tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
-    """The last lines of a runner log, for an error message; reads at most the last 16 KiB."""
-    try:
-        with path.open("rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            size = handle.tell()
-            handle.seek(max(0, size - _LOG_TAIL_BYTES))
-            text = handle.read().decode(errors="replace")
-    except OSError:
-        return ""
-    kept = [line.strip()[:_LOG_LINE_CHARS] for line in text.splitlines()[-lines:]]
-    return " | ".join(line for line in kept if line)
+        return InstanceFailure(
+            launch.index, f"{result.error.step} failed: {result.error.message}", launch.log_path
+        )
+    if killed_by_us:
+        return InstanceFailure(launch.index, "stopped", launch.log_path, stopped_by_worker=True)
+    tail = log_tail(launch.log_path)
+    cause = f"runner {describe_exit(process.returncode)} without a result"
+    return InstanceFailure(
+        launch.index, cause + (f"; its log ends: {tail}" if tail else ""), launch.log_path
+    )

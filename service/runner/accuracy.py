@@ -36,7 +36,10 @@ def read_arrays(path_text: str | None) -> tuple[Path, np.ndarray, np.ndarray]:
     if not path.is_file():
         raise StepError(STEP_DATA, f"dataset not found: {path} is not a file")
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):  # a bare .npy array under .npz
+            raise StepError(STEP_DATA, _not_an_npz(path, ValueError("not an archive")))
+        with loaded as npz:
             names = sorted(npz.files)
             missing = [name for name in ("x", "y") if name not in names]
             if missing:
@@ -50,14 +53,50 @@ def read_arrays(path_text: str | None) -> tuple[Path, np.ndarray, np.ndarray]:
     except StepError:
         raise
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise StepError(
-            STEP_DATA, f"could not read dataset {path} as an .npz file: {exc}"
-        ) from None
+        raise StepError(STEP_DATA, _not_an_npz(path, exc)) from None
     _check_labels(path, x, y)
     return path, x, y
 
 
+_NPZ_MAGIC = b"PK"  # an .npz is a zip archive of .npy arrays
+_NPY_MAGIC = b"\x93NUMPY"
+_SAVE_HINT = "write it with numpy.savez(path, x=inputs, y=labels)"
+
+
+def _not_an_npz(path: Path, exc: BaseException) -> str:
+    """What the file is, when numpy could not read it as an .npz (numpy itself would talk of
+    pickles for anything that is not a zip)."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(512)
+    except OSError as error:
+        return f"could not read dataset {path}: {error.strerror}"
+    if head.startswith(_NPY_MAGIC):
+        what = "a single .npy array, not an .npz archive of named arrays"
+    elif head.startswith(_NPZ_MAGIC):
+        return f"could not read dataset {path} as an .npz archive: {exc}"
+    elif head and all(32 <= byte < 127 or byte in b"\t\r\n" for byte in head):
+        what = "a text file (CSV?), not an .npz archive"
+    else:
+        what = "not an .npz archive"
+    return f"dataset {path} is {what}: {_SAVE_HINT}"
+
+
+def _one_hot(y: np.ndarray) -> bool:
+    """Rows of zeros with exactly one 1 (of any dtype)."""
+    if y.ndim != 2 or y.shape[1] < 2 or not len(y):
+        return False
+    values = np.unique(y)
+    return bool(np.isin(values, (0, 1)).all() and (y.sum(axis=1) == 1).all())
+
+
 def _check_labels(path: Path, x: np.ndarray, y: np.ndarray) -> None:
+    if _one_hot(y):
+        raise StepError(
+            STEP_DATA,
+            f"array 'y' in {path} is one-hot encoded (shape {tuple(y.shape)}, one 1 per row); "
+            "store the class index of each sample instead: y = y.argmax(axis=1)",
+        )
     if not np.issubdtype(y.dtype, np.integer):
         raise StepError(
             STEP_DATA,
@@ -94,6 +133,7 @@ def load_dataset(path_text: str | None, model_input: TensorInfo) -> Dataset:
             f"'{model_input.name}' expects {_show(expected)}",
         )
     dtype = tf.as_dtype(model_input.dtype).as_numpy_dtype
+    _check_no_truncation(path, x, model_input, dtype)
     try:
         x = x.astype(dtype, copy=False)
     except (TypeError, ValueError) as exc:
@@ -103,6 +143,22 @@ def load_dataset(path_text: str | None, model_input: TensorInfo) -> Dataset:
             f"{model_input.dtype}: {exc}",
         ) from None
     return Dataset(path=path, x=x, y=y.astype(np.int64, copy=False))
+
+
+def _check_no_truncation(path: Path, x: np.ndarray, model_input: TensorInfo, dtype: type) -> None:
+    """Floats fed to an integer input (token ids, say) would be truncated without a word:
+    accept whole numbers only, and name the first value that is not one."""
+    if not (np.issubdtype(x.dtype, np.floating) and np.issubdtype(dtype, np.integer)):
+        return
+    fractional = np.flatnonzero(np.mod(x, 1) != 0)
+    if fractional.size:
+        value = x.reshape(-1)[fractional[0]]
+        raise StepError(
+            STEP_DATA,
+            f"array 'x' in {path} holds floats ({x.dtype}) with fractions (e.g. {value:g}) but "
+            f"the model input '{model_input.name}' is {model_input.dtype}: casting would "
+            "truncate them; store the values the model expects (integer ids) as integers",
+        )
 
 
 def single_io(model: LoadedModel) -> TensorInfo:

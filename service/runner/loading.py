@@ -142,7 +142,11 @@ def load_frozen_pb(path: Path) -> FrozenGraph:
         raise StepError(
             STEP,
             f"could not load frozen graph {path}: not a valid GraphDef protobuf ({exc}); "
-            "is it a frozen .pb file?",
+            + (
+                "a saved_model.pb belongs to a SavedModel: pass its directory"
+                if path.name == "saved_model.pb"
+                else "is it a frozen .pb file?"
+            ),
         ) from None
     except OSError as exc:
         raise StepError(STEP, f"could not load frozen graph {path}: {exc.strerror}") from None
@@ -195,8 +199,29 @@ def load_keras(path: Path) -> FrozenGraph:
     try:
         model = keras.models.load_model(path, safe_mode=True, compile=False)
     except Exception as exc:
-        raise StepError(STEP, f"could not load Keras model {path}: {_reason(exc)}") from None
+        raise StepError(STEP, _keras_load_error(path, exc)) from None
     return freeze_keras_model(model, f"Keras model {path}")
+
+
+_CUSTOM_OBJECT = re.compile(
+    r"Could not locate (?:class|function) '([^']+)'|Unknown (?:layer|object|activation|loss)"
+    r"[^:']*:? '?([A-Za-z0-9_.>]+)"
+)
+
+
+def _keras_load_error(path: Path, exc: BaseException) -> str:
+    """Keras' advice for custom objects (register them) cannot work here: the worker never
+    imports the user's code. Say what can."""
+    found = _CUSTOM_OBJECT.search(str(exc))
+    if found is None:
+        return f"could not load Keras model {path}: {_reason(exc)}"
+    name = found.group(1) or found.group(2)
+    return (
+        f"could not load Keras model {path}: it uses '{name}', a custom layer or function "
+        "defined in your code, and the worker never imports your code, so Keras cannot rebuild "
+        "it. Export the model where your code is (model.export(DIR) writes a SavedModel, or "
+        "freeze it to a .pb) and benchmark that"
+    )
 
 
 def freeze_keras_model(model: Any, what: str = "Keras model") -> FrozenGraph:

@@ -249,3 +249,32 @@ def test_a_savedmodel_is_frozen_once_per_content_and_the_next_runs_hit_the_cache
         first["preflight"]["models"]["input_model"]["op_types"]
         == (second["preflight"]["models"]["input_model"]["op_types"])
     )
+
+
+def test_two_instances_failing_alike_give_one_short_message(tmp_path: Path) -> None:
+    """A graph fixed to batch 1 passes the pre-flight call (batch 1) and fails in both
+    performance instances at batch 2: one cause, both instances, one log path, no signal."""
+    import tensorflow as tf
+
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [1, 8], name="x")
+        tf.identity(x * 2.0, name="scores")
+    (tmp_path / "batch1.pb").write_bytes(graph.as_graph_def().SerializeToString())
+    request = {
+        "id": "fixed-batch",
+        "input_model": {"precision": "fp32", "path": str(tmp_path / "batch1.pb")},
+        "benchmark": {**SHORT, "batch_size": 2, "instances": 2, "cores_per_instance": 1},
+    }
+
+    code, events = bench(request, tmp_path, tmp_path)
+
+    assert code == 1
+    finish = events[-1]
+    assert finish.status == "error" and finish.data.step == "input_model/performance"
+    message = finish.data.message
+    assert message.count("prepare_inputs failed") == 1, message
+    assert "batch" in message and "log: " in message
+    assert "instances 0, 1" in message or "stopped by the worker after instance" in message
+    assert "SIGKILL" not in message and "I0000" not in message
+    assert len(message) < 800, message
