@@ -90,11 +90,11 @@ class ModelSpec(Contract):
         if not isinstance(raw, list | tuple) or not raw:
             raise ValueError(f"'{given[0]}' must be a non-empty list of modes")
         modes: set[str] = set()
-        for value in raw:
-            if value not in MODE_ALIASES:
-                raise ValueError(
-                    f"'{given[0]}' has unknown mode {value!r}; "
-                    "use 'performance' (alias 'benchmark') or 'accuracy'"
+        for index, value in enumerate(raw):
+            if not isinstance(value, str) or value not in MODE_ALIASES:
+                raise ValueError(  # the value is not quoted: it could be anything
+                    f"'{given[0]}' item {index} is not a mode; use 'performance' (alias "
+                    "'benchmark') or 'accuracy'"
                 )
             modes.add(MODE_ALIASES[value])
         data["modes"] = tuple(mode for mode in MODE_ORDER if mode in modes)

@@ -8,9 +8,10 @@ The worker owns one :class:`Fleet`. It calls :meth:`Fleet.start` once its connec
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ log = structlog.get_logger()
 Work = Callable[[Emit], Awaitable[FinishEvent]]
 QUEUED_STEP = "queued"
 _CONTROL_PREFETCH = 100
+INTAKE_MARGIN_S = 30.0
 
 
 @dataclass
@@ -69,6 +71,9 @@ class Fleet:
         self._status: NodeStatusPublisher | None = None
         self._listener: ControlListener | None = None
         self._running: _Running | None = None
+        self._intake_pending: dict[object, float] = {}  # delivery tag -> monotonic start
+        # deciding takes milliseconds; rejecting may wait for two confirms (finish, copy)
+        self._intake_bound_s = 2 * settings.broker.publish_timeout_s + INTAKE_MARGIN_S
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -228,12 +233,29 @@ class Fleet:
         if self._status is not None:
             self._status.publish_soon()
 
+    @contextlib.contextmanager
+    def intake(self, delivery_tag: int | None) -> Iterator[None]:
+        """A delivery in intake: decoded, checked and, if rejected, dead-lettered and settled.
+
+        The heartbeat carries the oldest one's age, and ``check`` fails past the bound: a
+        delivery nobody decides on (a stuck consumer callback) shows, instead of a worker that
+        looks consuming while the requests behind it wait."""
+        key = object() if delivery_tag is None else delivery_tag
+        self._intake_pending[key] = time.monotonic()
+        try:
+            yield
+        finally:
+            self._intake_pending.pop(key, None)
+
     def _heartbeat_fields(self) -> dict[str, Any]:
+        oldest = min(self._intake_pending.values(), default=None)
         return {
             "node_id": self.identity.node_id,
             "busy": self.activity.state == "busy",
             "workload_id": self.activity.workload_id,
             "metrics_port": self.metrics_port,
+            "intake_pending_s": None if oldest is None else round(time.monotonic() - oldest, 3),
+            "intake_bound_s": self._intake_bound_s,
         }
 
     def _reconnected_callback(self, name: str) -> Callable[..., None]:

@@ -67,6 +67,14 @@ def check_heartbeat(path: Path, stale_after_s: float, now_s: float | None = None
         return HealthVerdict(False, f"heartbeat is {age_s:.0f} s old (limit {stale_after_s:g} s)")
     if state != "consuming":
         return HealthVerdict(False, f"worker state is {state!r}, not 'consuming'")
+    pending_s, bound_s = record.get("intake_pending_s"), record.get("intake_bound_s")
+    numbers = isinstance(pending_s, int | float) and isinstance(bound_s, int | float)
+    if numbers and pending_s > bound_s:
+        return HealthVerdict(
+            False,
+            f"a delivery has waited {pending_s:.0f} s for its intake decision (limit "
+            f"{bound_s:g} s): the consumer is stuck",
+        )
     pid = record.get("pid")
     same_host = record.get("hostname") == socket.gethostname()
     if same_host and isinstance(pid, int) and not _process_exists(pid):

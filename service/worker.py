@@ -2,18 +2,21 @@
 
 Outcomes (one place for the whole table):
 
-==========================  =======================  ==================================
-outcome                     broker action            event
-==========================  =======================  ==================================
-success                     ack after finish confirm benchmark_finish success
-benchmark failed            ack after finish confirm benchmark_finish error (names step)
-undecodable / invalid body  reject → dead letters    benchmark_finish error if id readable
-event not confirmed         nack, requeue            (retried; delivery limit applies)
-redelivered, result stored  ack after finish confirm the stored finish, not run again
-consume channel lost        none (broker requeued)   none (runners killed; rerun follows)
-shutdown past grace period  nack, requeue            none (runners killed)
-unexpected error            requeue once, then DLQ   error finish on the last attempt
-==========================  =======================  ==================================
+==========================  ===========================  ==================================
+outcome                     broker action                event
+==========================  ===========================  ==================================
+success                     ack after finish confirm     benchmark_finish success
+benchmark failed            ack after finish confirm     benchmark_finish error (names step)
+undecodable / invalid body  dead-letter with reason [1]  benchmark_finish error if id readable
+event not confirmed         nack, requeue                (retried; delivery limit applies)
+redelivered, result stored  ack after finish confirm     the stored finish, not run again
+consume channel lost        none (broker requeued)       none (runners killed; rerun follows)
+shutdown past grace period  nack, requeue                none (runners killed)
+unexpected error            requeue once, then [1]       error finish on the last attempt
+==========================  ===========================  ==================================
+
+[1] a confirmed copy to the dead-letter exchange with ``x-reject-reason`` and
+``x-rejected-by`` (:mod:`service.dead_letters`), then ack; reject if the copy is not confirmed.
 
 One request at a time: a delivery that arrives while an aborted one is still being cleaned up
 (after a reconnect) waits for it. Every event carries ``run_id`` and ``attempt`` (1 on the first
@@ -38,10 +41,11 @@ from service import results
 from service.broker import Topology, connect, declare_topology, request_queue_arguments
 from service.config import Settings
 from service.consumer_watch import watch_consumer
+from service.dead_letters import DeadLetters
 from service.errors import PublishFailed, RejectRequest, StepFailed
 from service.executor.topology import CpuTopology
 from service.fleet import Fleet
-from service.intake import decode_request
+from service.intake import decide
 from service.publisher import EventPublisher
 from service.reject_lane import RejectLane
 from service.workload import run_workload, workload_directory
@@ -82,6 +86,7 @@ class Worker:
         self._handlers: set[asyncio.Task[Any]] = set()
         self._one_at_a_time = asyncio.Lock()
         self._publisher: EventPublisher | None = None
+        self._dead_letters: DeadLetters | None = None
         self._lane: RejectLane | None = None
         self._claims = 0  # valid requests running or about to (not bad bodies)
         self.ready = asyncio.Event()
@@ -107,6 +112,15 @@ class Worker:
                 broker.events_exchange, aio_pika.ExchangeType.TOPIC, durable=True
             )
             self._publisher = EventPublisher(events, broker.publish_timeout_s)
+            dead_exchange = await publish_channel.declare_exchange(
+                broker.dead_letter_exchange, aio_pika.ExchangeType.FANOUT, durable=True
+            )
+            self._dead_letters = DeadLetters(
+                dead_exchange,
+                self._fleet.identity.node_id,
+                broker.requests_queue,
+                broker.publish_timeout_s,
+            )
             await self._fleet.start(consume_connection, publish_connection, events)
             self._lane = await self._reject_lane(consume_connection)
             tag = await topology.requests.consume(self._on_message)
@@ -169,11 +183,12 @@ class Worker:
         with structlog.contextvars.bound_contextvars(
             delivery_tag=message.delivery_tag, body_bytes=len(message.body), lane="reject"
         ):
-            try:
-                request = self._decode(message)
-            except RejectRequest as exc:
-                await self._reject(message, exc)
-                return
+            with self._fleet.intake(message.delivery_tag):
+                try:
+                    request = self._decode(message)
+                except RejectRequest as exc:
+                    await self._reject(message, exc)
+                    return
             if self._lane is not None:
                 await self._lane.close("valid request")
             if self._claims == 0 or message.redelivered:
@@ -187,12 +202,16 @@ class Worker:
             log.info("request_returned_to_queue", reason="reject_lane", workload_id=request.id)
 
     def _decode(self, message: AbstractIncomingMessage) -> BenchmarkRequest:
-        return decode_request(
+        """The valid request, or :class:`RejectRequest` (whatever went wrong in checking)."""
+        decision = decide(
             message.body,
             content_type=message.content_type,
             content_encoding=message.content_encoding,
             max_body_bytes=self._settings.worker.max_body_bytes,
         )
+        if isinstance(decision, RejectRequest):
+            raise decision
+        return decision
 
     async def _drain(self) -> None:
         """Let the current request finish within the grace period, else hand it back."""
@@ -243,11 +262,12 @@ class Worker:
         log.info("request_returned_to_queue", reason="shutdown")
 
     async def _handle(self, message: AbstractIncomingMessage, started: float) -> None:
-        try:
-            request = self._decode(message)
-        except RejectRequest as exc:
-            await self._reject(message, exc)
-            return
+        with self._fleet.intake(message.delivery_tag):
+            try:
+                request = self._decode(message)
+            except RejectRequest as exc:
+                await self._reject(message, exc)
+                return
         if self._lane is not None:
             self._lane.accepted()
         self._claims += 1
@@ -337,7 +357,7 @@ class Worker:
                 await self._publisher_or_fail().publish(finish)
             except PublishFailed as publish_error:
                 log.warning("rejection_not_published", error=str(publish_error))
-        await _settle(message, "reject", requeue=False)
+        await self._dead_letter(message, exc)
         if self._lane is not None and not self._stop.is_set():
             self._lane.rejected()
 
@@ -357,7 +377,20 @@ class Worker:
         )
         with contextlib.suppress(PublishFailed):
             await self._publisher_or_fail().publish(finish)
-        await _settle(message, "reject", requeue=False)
+        reason = RejectRequest(
+            "internal error in the worker on the second attempt; see its log",
+            reason="internal_error",
+            workload_id=workload_id,
+        )
+        await self._dead_letter(message, reason)
+
+    async def _dead_letter(self, message: AbstractIncomingMessage, exc: RejectRequest) -> None:
+        """A confirmed copy with the reason in the dead-letter queue, then ack; if the copy is
+        not confirmed, the broker's own dead-lettering (reject), so nothing is lost."""
+        if self._dead_letters is not None and await self._dead_letters.send(message, exc):
+            await _settle(message, "ack")
+        else:
+            await _settle(message, "reject", requeue=False)
 
     def _publisher_or_fail(self) -> EventPublisher:
         if self._publisher is None:

@@ -129,14 +129,21 @@ async def dead_letters(
     channel: AbstractChannel, queue_name: str, count: int, timeout_s: float = 30
 ) -> list[bytes]:
     """Bodies of the first ``count`` messages in the dead-letter queue."""
+    return [body for body, _ in await dead_letter_messages(channel, queue_name, count, timeout_s)]
+
+
+async def dead_letter_messages(
+    channel: AbstractChannel, queue_name: str, count: int, timeout_s: float = 30
+) -> list[tuple[bytes, dict[str, Any]]]:
+    """(body, headers) of the first ``count`` messages in the dead-letter queue."""
     queue = await channel.declare_queue(queue_name, passive=True)
-    bodies: list[bytes] = []
+    out: list[tuple[bytes, dict[str, Any]]] = []
     deadline = time.monotonic() + timeout_s
-    while len(bodies) < count and time.monotonic() < deadline:
+    while len(out) < count and time.monotonic() < deadline:
         message = await queue.get(fail=False)
         if message is None:
             await asyncio.sleep(0.1)
             continue
         await message.ack()
-        bodies.append(message.body)
-    return bodies
+        out.append((message.body, dict(message.headers or {})))
+    return out

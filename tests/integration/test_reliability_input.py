@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from contracts import FinishEvent, StartEvent
-from tests.integration.bus import dead_letters, wait_for_consumer
+from tests.integration.bus import dead_letter_messages, dead_letters, wait_for_consumer
 from tests.integration.reliability import (
     configure,
     launch_worker,
@@ -49,18 +49,26 @@ def _bad_bodies(sample_dir: Path) -> list[tuple[str, bytes, dict[str, Any], str 
         "input_model": {"precision": "fp32", "path": "x.pb", "mods": ["M" * 1500]},
         "Z" * 1500: 1,
     }
-    oversized = {**good_shape, "padding": "P" * MAX_BODY_BYTES}
+    oversized = {**good_shape, "id": f"big-{routable}", "padding": "P" * MAX_BODY_BYTES}
+    plain = {**good_shape, "id": f"plain-{routable}"}
     unroutable = {**good_shape, "id": "a.b.#"}
+    nested_mode = {"id": f"mode-{routable}", "input_model": {"path": "/m.pb",
+                   "precision": "fp32", "mods": [["benchmark"]]}}  # fmt: skip
+    object_path = {"id": f"path-{routable}", "input_model": {"path": {"x": 1}, "precision": "fp32"}}
     return [
         ("malformed_json", b'{"id": "broken", ', {}, None),
         ("not_utf8", b'{"id": "\xff\xfe"}', {}, None),
-        ("content_type", json.dumps(good_shape).encode(), {"content_type": "text/plain"}, None),
+        ("content_type", json.dumps(plain).encode(), {"content_type": "text/plain"}, plain["id"]),
         ("encoding", json.dumps(good_shape).encode(), {"content_encoding": "gzip"}, None),
-        ("too_large", json.dumps(oversized).encode(), {}, None),
+        ("too_large", json.dumps(oversized).encode(), {}, oversized["id"]),
         ("not_an_object", b"[1, 2, 3]", {}, None),
         ("unroutable_id", json.dumps(unroutable).encode(), {}, None),
         ("schema_invalid", json.dumps(schema_invalid).encode(), {}, routable),
         ("unbounded_echo", json.dumps(unbounded).encode(), {}, huge),
+        # 95 bytes that used to raise TypeError past the consumer and stall it
+        ("nested_mode", json.dumps(nested_mode).encode(), {}, nested_mode["id"]),
+        ("object_path", json.dumps(object_path).encode(), {}, object_path["id"]),
+        ("deep_nesting", b'{"id": "deep", "x": ' + b"[" * 2000 + b"]" * 2000 + b"}", {}, None),
     ]
 
 
@@ -95,15 +103,27 @@ async def test_bad_bodies_are_dead_lettered_unchanged_and_the_worker_carries_on(
     assert "input_model.precision" in finishes[routable_case(bad)].data.message
     assert not any(isinstance(e, StartEvent) for e in events.events if e.workload_id != good["id"])
 
-    dead = await dead_letters(await amqp.channel(), names["dead_letter_queue"], len(bad))
-    assert sorted(dead) == sorted(body for _, body, _, _ in bad)
+    dead = await dead_letter_messages(await amqp.channel(), names["dead_letter_queue"], len(bad))
+    assert sorted(body for body, _ in dead) == sorted(body for _, body, _, _ in bad)
+    reasons = sorted(headers["x-reject-reason"] for _, headers in dead)
+    expected_reasons = sorted(
+        ["malformed_json", "not_utf8", "unsupported_content_type",
+         "unsupported_content_encoding", "too_large", "malformed_json",
+         "schema_invalid", "schema_invalid", "schema_invalid", "schema_invalid",
+         "schema_invalid", "schema_invalid"]
+    )  # fmt: skip
+    assert reasons == expected_reasons
+    started = next(line for line in worker.log_lines() if line.get("event") == "worker_started")
+    for _, headers in dead:  # the reason travels with the body, the worker is named
+        assert headers["x-rejected-by"] == started["node_id"]
+        assert headers["x-original-queue"] == names["requests_queue"]
+        assert 0 < len(headers["x-reject-message"]) <= 1000
+        assert "P" * 100 not in headers["x-reject-message"]
+    encoding = next(h for b, h in dead if h["x-reject-reason"] == "unsupported_content_encoding")
+    assert "gzip" in encoding["x-reject-message"]
 
     rejected = [line for line in worker.log_lines() if line.get("event") == "request_rejected"]
-    assert sorted(line["reason"] for line in rejected) == sorted(
-        ["malformed_json", "not_utf8", "unsupported_content_type",
-         "unsupported_content_encoding", "too_large",
-         "schema_invalid", "schema_invalid", "schema_invalid", "schema_invalid"]
-    )  # fmt: skip
+    assert sorted(line["reason"] for line in rejected) == expected_reasons
     too_large = next(line for line in rejected if line["reason"] == "too_large")
     assert too_large["body_bytes"] > MAX_BODY_BYTES
     for line in rejected:
