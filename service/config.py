@@ -84,6 +84,11 @@ class WorkerSettings(_Section):
         description="Time limit of the pre-flight check (TensorFlow start, each model loaded "
         "and called once) before a request's first step.",
     )
+    dataset: Path | None = Field(
+        default=None,
+        description="Accuracy data for requests that name none and have no eval.npz beside "
+        "their input model (an .npz with x and y, inside the allowed roots).",
+    )
     consumer_check_s: float = Field(
         default=30.0, gt=0, description="How often the worker checks its consumer is alive."
     )

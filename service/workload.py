@@ -29,7 +29,7 @@ from contracts import (
     error_finish,
     step_key,
 )
-from service import aggregate, fingerprint, preflight, verdict
+from service import aggregate, datasets, fingerprint, preflight, verdict
 from service import results as result_store
 from service.config import Settings
 from service.errors import StepFailed
@@ -72,6 +72,7 @@ class Workload:
     onednn: OneDnnDecision
     extra: dict[str, Any] = field(default_factory=dict)
     limits: RunnerLimits = field(default_factory=RunnerLimits)
+    dataset_source: str = "none"
 
     @property
     def runner_cpus(self) -> list[int]:
@@ -99,10 +100,10 @@ def prepare(
             format=format_,
             sha256=None if format_ == "frozen_pb" else _content_sha256(path, role),
         )
-    dataset = request.benchmark.dataset
-    if dataset is not None:
-        resolved = require_existing(resolve_allowed(dataset, roots, "dataset"), dataset, "dataset")
-        dataset = str(resolved)
+    choice = datasets.choose(
+        request, Path(models["input_model"].path), settings.worker.dataset, roots
+    )
+    dataset = None if choice.path is None else str(choice.path)
     directory = workload_directory(request, settings)
     try:
         plan = plan_instances(
@@ -141,7 +142,7 @@ def prepare(
     limits = runner_limits(settings.worker, max(len(i.cpus) for i in plan.instances))
     return Workload(
         request, run_id, directory, directory / "config.yaml", plan, config, topology,
-        onednn=decision, limits=limits,
+        onednn=decision, limits=limits, dataset_source=choice.source,
     )  # fmt: skip
 
 
@@ -222,6 +223,8 @@ async def _run_steps(
     request = workload.request
     steps = request.steps()
     payload: dict[str, Any] = {"id": request.id, "execution_details": {}, **extra}
+    if workload.config.dataset is not None:
+        payload["dataset"] = {"path": workload.config.dataset, "source": workload.dataset_source}
     signoff = await SignOff.collect(  # machine, hashes
         workload.config, workload.runner_cpus, request.benchmark.run_length_chosen()
     )
