@@ -91,7 +91,7 @@ class ResultData(OpenContract):
         description="execution_details.<input_model|optimized_model>_benchmark."
         "<performance|accuracy>: the steps done so far."
     )
-    progress: str = Field(description="'k/n': k of n steps done.")
+    progress: str = Field(pattern=r"^[0-9]+/[0-9]+$", description="'k/n': k of n steps done.")
     current_step: int
     number_of_steps: int
     perf_throughput_input_model: float | None = Field(default=None, description="Samples/s.")
@@ -166,8 +166,19 @@ class ProgressEvent(_Event):
     data: ResultData
 
 
+def _data_follows_status(schema: dict[str, Any]) -> None:
+    """JSON Schema of a finish: ``error`` carries ErrorData, ``success`` ResultData."""
+    _envelope_is_required(schema)
+    result_ref, error_ref = schema["properties"]["data"]["anyOf"]  # in the annotation's order
+    error, result = ({"properties": {"data": dict(ref)}} for ref in (error_ref, result_ref))
+    schema["if"] = {"properties": {"status": {"const": "error"}}, "required": ["status"]}
+    schema["then"], schema["else"] = error, result
+
+
 class FinishEvent(_Event):
     """``benchmark_finish``, once per request: the result, or what failed."""
+
+    model_config = ConfigDict(json_schema_extra=_data_follows_status)
 
     subject: Literal["benchmark_finish"] = "benchmark_finish"
     status: Literal["success", "error"]

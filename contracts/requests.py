@@ -47,7 +47,10 @@ def _document_mode_keys(schema: dict[str, Any]) -> None:
     properties["mode"] = {**given, "description": "INC's code key for the modes (as modes)."}
     properties["mods"] = {**given, "description": "INC's page key for the modes (as modes)."}
     pairs = [["mode", "mods"], ["mode", "modes"], ["mods", "modes"]]
-    schema["not"] = {"anyOf": [{"required": pair} for pair in pairs]}
+    # each branch defines what it requires (ajv's strictRequired)
+    schema["not"] = {
+        "anyOf": [{"properties": {key: True for key in pair}, "required": pair} for pair in pairs]
+    }
 
 
 class ModelSpec(Contract):
@@ -70,6 +73,7 @@ class ModelSpec(Contract):
     )
     modes: tuple[Mode, ...] = Field(
         default=("performance",),
+        min_length=1,
         description="What to measure: performance (alias benchmark) and/or accuracy.",
     )
 

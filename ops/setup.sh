@@ -19,3 +19,9 @@ if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install --quiet --no-deps "$INC_REQUIREMENT"
   rm -f .venv/.installed-* && touch "$stamp"
 fi
+# The other-language checks (ops/node: ajv, @asyncapi/parser, amqplib), pinned by its lock
+# file; tests/integration/test_node_clients.py runs them and says so if Node is missing.
+if command -v npm >/dev/null && [ ! -f ops/node/node_modules/.installed-"$(sha256sum ops/node/package-lock.json | cut -c1-16)" ]; then
+  (cd ops/node && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error >/dev/null)
+  touch ops/node/node_modules/.installed-"$(sha256sum ops/node/package-lock.json | cut -c1-16)"
+fi
