@@ -70,108 +70,37 @@ class _Message:
         return f"{self.amqp_type}.schema.json"
 
 
-def _examples() -> dict[str, list[Any]]:
-    """Realistic examples as on the wire, validated by the contracts (so they cannot drift).
+RECORDED_RUN = Path(__file__).resolve().parents[1] / "contracts/schemas/examples/recorded_run.json"
 
-    The request is shown as a publisher writes it (the seed's ``mods``); events as the worker
-    serialises them.
-    """
-    node = {
-        "hostname": "bench-01",
-        "worker_id": "3fa2c1d0",
-        "node_id": "bench-01-3fa2c1d0",
-        "cpu_model": "Intel(R) Xeon(R) Platinum 8380 CPU @ 2.30GHz",
-        "cpus": "0-7",
-        "version": __version__,
-        "pid": 4242,
-    }
-    request = {
-        "id": "configuration_id",
-        "workspace_path": "/path/to/workspace",
-        "input_model": {
-            "precision": "fp32",
-            "path": "/models/fp32.pb",
-            "mods": ["benchmark", "accuracy"],
-        },
-        "optimized_model": {"precision": "int8", "path": "/models/int8.pb"},
-        "benchmark": {"dataset": "/data/eval.npz", "duration_s": 10},
-    }
-    BenchmarkRequest.model_validate(request)  # the example is a valid request
-    workload = "/path/to/workspace/workloads/fp32_configuration_id"
-    perf = {
-        "instances": 2,
-        "cores_per_instance": 4,
-        "model_path": "/models/fp32.pb",
-        "precision": "fp32",
-        "mode": "performance",
-        "batch_size": 1,
-        "framework": "tensorflow",
-        "config_path": f"{workload}/config.yaml",
-        "benchmark_script": "python -m service.runner",
-        "command": f"python -m service.runner --config {workload}/config.yaml "
-        "--model input_model --mode performance --instance 0 --cpus 0-3",
-        "cpus": [[0, 1, 2, 3], [4, 5, 6, 7]],
-        "throughput_samples_per_s": 812.4,
-        "latency_ms": 2.461,
-        "latency_ms_mean": 2.463,
-        "latency_ms_p50": 2.41,
-        "latency_ms_p90": 2.71,
-        "latency_ms_p99": 3.38,
-        "window_s": 10.0,
-    }
-    progress = {
-        "id": "configuration_id",
-        "run_id": "4f1c2a9e7b3d",
-        "node": node,
-        "execution_details": {"input_model_benchmark": {"performance": perf}},
-        "progress": "1/3",
-        "current_step": 1,
-        "number_of_steps": 3,
-        "perf_throughput_input_model": 812.4,
-        "perf_latency_input_model": 2.461,
-    }
-    optimized = {**perf, "model_path": "/models/int8.pb", "precision": "int8"}
-    optimized.update(throughput_samples_per_s=2291.7, latency_ms=0.871, latency_ms_p50=0.85)
-    finish = {
-        **progress,
-        "execution_details": {
-            "input_model_benchmark": {"performance": perf},
-            "optimized_model_benchmark": {"performance": optimized},
-        },
-        "progress": "3/3",
-        "current_step": 3,
-        "number_of_steps": 3,
-        "perf_throughput_optimized_model": 2291.7,
-        "perf_latency_optimized_model": 0.871,
-        "acc_input_model": 0.7612,
-        "speedup": 2.8209,
-    }
-    error = {
-        "id": "configuration_id",
-        "run_id": "4f1c2a9e7b3d",
-        "node": node,
-        "message": "input_model not found: /models/fp32.pb (resolved to /models/fp32.pb)",
-        "step": "validate",
-    }
-    start = {"id": "configuration_id", "message": "started", "run_id": "4f1c2a9e7b3d", "node": node}
+
+def _examples() -> dict[str, list[Any]]:
+    """Examples from a real recorded run (``ops/record_examples.py``): the seed's request as a
+    publisher writes it, and the events the worker sent for it, validated by the contracts
+    (so they cannot drift from them)."""
+    recorded = json.loads(RECORDED_RUN.read_text())
+    BenchmarkRequest.model_validate(recorded["request"])  # the example is a valid request
+    node = recorded["start"]["data"].get("node") or {
+        "hostname": "bench-01", "worker_id": "3fa2c1d0", "node_id": "bench-01-3fa2c1d0",
+        "cpu_model": "AMD EPYC", "cpus": "0-1", "version": __version__, "pid": 4242,
+    }  # fmt: skip
     status = {
         "node_id": node["node_id"],
         "node": node,
         "state": "busy",
-        "workload_id": "configuration_id",
+        "workload_id": recorded["request"]["id"],
         "uptime_s": 3600.5,
         "counts": {"success": 12, "error": 1, "cancelled": 0, "rejected": 2, "requeued": 0},
         "timestamp": "2025-01-01T12:00:00Z",
     }
     return {
-        "request": [request],
-        "start": [_wire(StartEvent.model_validate({"data": start}))],
-        "progress": [_wire(ProgressEvent.model_validate({"data": progress}))],
+        "request": [recorded["request"]],
+        "start": [_wire(StartEvent.model_validate(recorded["start"]))],
+        "progress": [_wire(ProgressEvent.model_validate(e)) for e in recorded["progress"]],
         "finish": [
-            _wire(FinishEvent.model_validate({"status": "success", "data": finish})),
-            _wire(FinishEvent.model_validate({"status": "error", "data": error})),
+            _wire(FinishEvent.model_validate(recorded["finish"])),
+            _wire(FinishEvent.model_validate(recorded["error"])),
         ],
-        "cancel": [_wire(CancelRequest(id="configuration_id", reason="wrong model pair"))],
+        "cancel": [_wire(CancelRequest(id=recorded["request"]["id"], reason="wrong model pair"))],
         "status": [_wire(NodeStatus.model_validate({"data": status}))],
     }
 

@@ -237,8 +237,16 @@ async def _bench(request: BenchmarkRequest, settings: Settings) -> int:
     async def emit(event: StartEvent | ProgressEvent) -> None:
         _print_event(event)
 
+    from service.executor.launch import make_pool
+
     run_id = uuid.uuid4().hex[:12]
-    finish = await run_workload(request, settings, _topology(settings), emit, run_id)
+    topology = _topology(settings)
+    pool = make_pool(settings, len(topology.cpu_ids))  # one TensorFlow start per CPU set
+    try:
+        finish = await run_workload(request, settings, topology, emit, run_id, pool=pool)
+    finally:
+        if pool is not None:
+            await pool.close()
     _print_event(finish)
     fields: dict[str, Any] = finish.data.model_dump(
         exclude={"execution_details"}, exclude_none=True

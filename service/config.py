@@ -157,6 +157,25 @@ class HealthSettings(_Section):
         return self
 
 
+class RunnersSettings(_Section):
+    """Warm runner processes (service.executor.warm_pool): TensorFlow imported once per
+    (CPUs, threads, oneDNN) and kept for the next steps."""
+
+    warm: bool = Field(default=True, description="False: a fresh process for every step.")
+    max_steps: int = Field(
+        default=50, ge=1, description="Steps a warm runner takes before it is replaced."
+    )
+    max_rss_mb: int = Field(
+        default=4096, ge=64, description="A warm runner past this resident memory is replaced."
+    )
+    idle_s: float = Field(
+        default=600.0, gt=0, description="A warm runner idle this long is stopped."
+    )
+    start_timeout_s: float = Field(
+        default=120.0, gt=0, description="Time for a new runner to import TensorFlow."
+    )
+
+
 class MetricsSettings(_Section):
     """The Prometheus endpoint; off unless ``port`` is set."""
 
@@ -171,6 +190,7 @@ class Settings(_Section):
     node: NodeSettings = Field(default_factory=NodeSettings)
     health: HealthSettings = Field(default_factory=HealthSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    runners: RunnersSettings = Field(default_factory=RunnersSettings)
 
     @model_validator(mode="after")
     def _time_limit_below_consumer_timeout(self) -> Settings:

@@ -30,6 +30,7 @@ from contracts import (
 )
 from service.config import Settings
 from service.control import CancelledIds, ControlListener
+from service.executor.warm_pool import WarmPool
 from service.health import Heartbeat, default_heartbeat_file
 from service.metrics import Metrics
 from service.node import NodeIdentity
@@ -71,6 +72,7 @@ class Fleet:
         self._status: NodeStatusPublisher | None = None
         self._listener: ControlListener | None = None
         self._running: _Running | None = None
+        self.runners: WarmPool | None = None  # the worker's warm runners, for status
         self._intake_pending: dict[object, float] = {}  # delivery tag -> monotonic start
         # deciding takes milliseconds; rejecting may wait for two confirms (finish, copy)
         self._intake_bound_s = 2 * settings.broker.publish_timeout_s + INTAKE_MARGIN_S
@@ -256,6 +258,7 @@ class Fleet:
             "metrics_port": self.metrics_port,
             "intake_pending_s": None if oldest is None else round(time.monotonic() - oldest, 3),
             "intake_bound_s": self._intake_bound_s,
+            "warm_runners": None if self.runners is None else self.runners.snapshot(),
         }
 
     def _reconnected_callback(self, name: str) -> Callable[..., None]:

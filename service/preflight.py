@@ -20,7 +20,8 @@ from service import fingerprint, graph_ops, onednn
 from service.cpulist import format_cpu_list
 from service.errors import StepFailed
 from service.executor.failures import describe_exit, log_tail
-from service.executor.launch import InstanceLaunch, run_process
+from service.executor.launch import InstanceLaunch, run_process, run_warm_process
+from service.executor.warm_pool import RunnerGone, WarmPool
 from service.runner.protocol import PreflightResult, RunnerModel
 from service.runner.sandbox import RunnerLimits
 
@@ -78,12 +79,19 @@ async def check(
     decision: onednn.OneDnnDecision,
     limits: RunnerLimits,
     timeout_s: float,
+    pool: WarmPool | None = None,
 ) -> dict[str, Any]:
-    """Run the pre-flight child; its summary for the result, or StepFailed naming the problem."""
+    """Run the pre-flight child (in a warm runner with ``pool``); its summary for the result,
+    or StepFailed naming the problem."""
     started_s = time.monotonic()
     try:
         async with asyncio.timeout(timeout_s):
-            code = await run_process(launch, limits)
+            if pool is None:
+                code = await run_process(launch, limits)
+            else:
+                code = await run_warm_process(launch, pool, decision.effective)
+    except RunnerGone as exc:
+        raise StepFailed(STEP, f"the pre-flight check could not start: {exc}") from None
     except TimeoutError:
         raise StepFailed(
             STEP,

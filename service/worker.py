@@ -43,6 +43,7 @@ from service.config import Settings
 from service.consumer_watch import watch_consumer
 from service.dead_letters import DeadLetters
 from service.errors import PublishFailed, RejectRequest, StepFailed
+from service.executor.launch import make_pool
 from service.executor.topology import CpuTopology
 from service.fleet import Fleet
 from service.intake import decide
@@ -87,6 +88,8 @@ class Worker:
         self._one_at_a_time = asyncio.Lock()
         self._publisher: EventPublisher | None = None
         self._dead_letters: DeadLetters | None = None
+        self.pool = make_pool(settings, len(topology.cpu_ids))
+        self._fleet.runners = self.pool
         self._lane: RejectLane | None = None
         self._claims = 0  # valid requests running or about to (not bad bodies)
         self.ready = asyncio.Event()
@@ -145,6 +148,8 @@ class Worker:
                 await self._lane.close("shutdown", for_good=True)
             await self._drain()
         finally:
+            if self.pool is not None:
+                await self.pool.close()
             await self._stop_fleet()
             await _close(consume_connection, "consume")
             await _close(publish_connection, "publish")
@@ -313,7 +318,14 @@ class Worker:
             request,
             run_id,
             lambda emit: run_workload(
-                request, self._settings, self._topology, emit, run_id, self._node, labels
+                request,
+                self._settings,
+                self._topology,
+                emit,
+                run_id,
+                self._node,
+                labels,
+                self.pool,
             ),
             self._emit,
         )

@@ -38,12 +38,14 @@ from service.executor.launch import (
     InstanceLaunch,
     StepProcessesFailed,
     run_instances,
+    run_warm_instances,
     runner_argv,
     runner_limits,
 )
 from service.executor.memory import memory_binding
 from service.executor.planner import InstancePlan, Plan, PlanError, accuracy_plan, plan_instances
 from service.executor.topology import CpuTopology
+from service.executor.warm_pool import WarmPool
 from service.onednn import OneDnnDecision
 from service.paths import VALIDATE_STEP, model_format, require_existing, resolve_allowed
 from service.runner.protocol import RunnerConfig, RunnerModel
@@ -73,6 +75,7 @@ class Workload:
     extra: dict[str, Any] = field(default_factory=dict)
     limits: RunnerLimits = field(default_factory=RunnerLimits)
     dataset_source: str = "none"
+    pool: WarmPool | None = None
 
     @property
     def runner_cpus(self) -> list[int]:
@@ -177,10 +180,12 @@ async def run_workload(
     run_id: str,
     node: dict[str, Any] | None = None,
     labels: Mapping[str, Any] | None = None,
+    pool: WarmPool | None = None,
 ) -> FinishEvent:
     """Run every step of ``request``; return the finish event (success or error).
 
     ``labels`` go into every event's data (the worker's ``attempt``, ``request_sha256``).
+    With ``pool``, steps and the pre-flight check run in warm runners.
     """
     timeout_s = min(
         request.benchmark.timeout_s or settings.worker.timeout_s, settings.worker.timeout_s
@@ -190,6 +195,7 @@ async def run_workload(
     try:
         async with asyncio.timeout(timeout_s):
             workload = await asyncio.to_thread(prepare, request, settings, topology, run_id)
+            workload.pool = pool
             await emit(StartEvent(data=StartData(id=request.id, message="started", **extra)))
             tracker.current = preflight.STEP
             checked = await preflight.check(
@@ -199,6 +205,7 @@ async def run_workload(
                 workload.onednn,
                 workload.limits,
                 settings.worker.preflight_timeout_s,
+                pool,
             )
             finish = await _run_steps(workload, emit, tracker, {**extra, "preflight": checked})
     except TimeoutError:
@@ -277,7 +284,12 @@ async def _run_step(
 
     started_s = time.monotonic()
     try:
-        results = await run_instances(launches, sync_dir, workload.limits, announce_window)
+        if workload.pool is None:
+            results = await run_instances(launches, sync_dir, workload.limits, announce_window)
+        else:
+            results = await run_warm_instances(
+                launches, sync_dir, workload.pool, workload.config.onednn, announce_window
+            )
     except StepProcessesFailed as exc:
         raise StepFailed(step, f"{step} failed: {exc}") from None
     step_wall_s = time.monotonic() - started_s

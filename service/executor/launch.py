@@ -24,9 +24,10 @@ from pathlib import Path
 import psutil
 import structlog
 
-from service.config import WorkerSettings
+from service.config import Settings, WorkerSettings
 from service.cpulist import format_cpu_list
 from service.executor.failures import InstanceFailure, describe_exit, log_tail, summarize
+from service.executor.warm_pool import RunnerGone, RunnerKey, WarmPool, WarmRunner, kill_all
 from service.runner import protocol
 from service.runner.sandbox import PARENT_PID_ENV, RunnerLimits
 
@@ -39,6 +40,21 @@ _SECRET_MARKERS = ("AMQP", "PASSWORD", "SECRET", "TOKEN", "CREDENTIAL", "BENCHMA
 _CPU_TIME_MARGIN_S = 60
 _BARRIER_POLL_S = 0.005
 _START_DELAY_S = 0.05
+
+
+def make_pool(settings: Settings, cpu_count: int) -> WarmPool | None:
+    """The worker's warm runners (None with ``runners.warm: false``). A warm runner's CPU-time
+    limit covers the steps it may take (``runners.max_steps`` time limits of every CPU)."""
+    if not settings.runners.warm:
+        return None
+    per_step = runner_limits(settings.worker, cpu_count)
+    limits = RunnerLimits(
+        data_bytes=per_step.data_bytes,
+        cpu_time_s=(per_step.cpu_time_s or 0) * settings.runners.max_steps or None,
+        open_files=per_step.open_files,
+    )
+    workspace = settings.worker.workspace.expanduser()
+    return WarmPool(settings.runners, runner_environment(limits=limits), workspace / "runners")
 
 
 @dataclass(frozen=True)
@@ -144,12 +160,114 @@ async def run_instances(
             group = processes[0].pid if processes else 0
             processes.append(await _start(launch, group, limits))
         if sync_dir is not None:
-            await _release_barrier(processes, launches, sync_dir, on_ready)
+            ended = lambda: any(p.returncode is not None for p in processes)  # noqa: E731
+            await _release_barrier(ended, launches, sync_dir, on_ready)
         await _wait_all_or_first_failure(processes)
     finally:
         stopped = _kill_group(processes)
         await asyncio.shield(_reap(processes))
-    return _collect(launches, processes, stopped)
+    return _collect(
+        launches, [p.returncode for p in processes], [p.pid in stopped for p in processes]
+    )
+
+
+async def run_warm_instances(
+    launches: Sequence[InstanceLaunch],
+    sync_dir: Path | None,
+    pool: WarmPool,
+    onednn: bool | None,
+    on_ready: OnReady | None = None,
+) -> list[protocol.RunnerResult]:
+    """As :func:`run_instances`, each instance in a warm runner of its key (started if none).
+
+    A failure, the time limit or a cancel kills the step's runners (they are replaced); after
+    a clean step they go back to the pool.
+    """
+    runners: list[WarmRunner] = []
+    jobs: list[asyncio.Task[int]] = []
+    clean = False
+    try:
+        for launch in launches:
+            try:
+                runners.append(await pool.acquire(warm_key(launch, onednn)))
+            except RunnerGone as exc:
+                raise StepProcessesFailed(
+                    [InstanceFailure(launch.index, str(exc), pool.log_path(launch.cpus))]
+                ) from None
+        for launch, runner in zip(launches, runners, strict=True):
+            module, argv = job_of(launch)
+            launch.result_path.unlink(missing_ok=True)
+            launch.log_path.write_bytes(b"")  # fresh every run, as a fresh runner's log
+            jobs.append(asyncio.create_task(runner.run(module, argv, launch.log_path)))
+        if sync_dir is not None:
+            await _release_barrier(
+                lambda: any(j.done() for j in jobs), launches, sync_dir, on_ready
+            )
+        await _wait_jobs_or_first_failure(jobs)
+        clean = all(j.done() and not j.cancelled() and j.exception() is None for j in jobs)
+    finally:
+        running = [not j.done() for j in jobs] + [False] * (len(runners) - len(jobs))
+        if not clean:
+            kill_all(runners)
+        for job in jobs:
+            job.cancel()
+        await asyncio.shield(asyncio.gather(*jobs, return_exceptions=True))
+        if not clean:  # reaped before the step ends: no zombie outlives a cancel
+            await asyncio.shield(_reap([r.process for r in runners]))
+        codes = [_job_code(j) for j in jobs]
+        for runner, code in zip(runners, codes + [None] * len(runners), strict=False):
+            pool.release(runner, reusable=clean and code == 0)
+    return _collect(launches, codes, running)
+
+
+async def run_warm_process(
+    launch: InstanceLaunch, pool: WarmPool, onednn: bool | None
+) -> int | None:
+    """As :func:`run_process`, in a warm runner; None if the runner died. Raises
+    :class:`RunnerGone` if no runner could start."""
+    runner = await pool.acquire(warm_key(launch, onednn))
+    code: int | None = None
+    try:
+        module, argv = job_of(launch)
+        launch.result_path.unlink(missing_ok=True)
+        launch.log_path.write_bytes(b"")
+        code = await runner.run(module, argv, launch.log_path)
+    except RunnerGone:
+        return None
+    finally:
+        if code is None:
+            kill_all([runner])
+            await asyncio.shield(_reap([runner.process]))
+        pool.release(runner, reusable=code == 0)
+    return code
+
+
+def _job_code(job: asyncio.Task[int]) -> int | None:
+    if job.cancelled() or job.exception() is not None:
+        return None
+    return job.result()
+
+
+async def _wait_jobs_or_first_failure(jobs: list[asyncio.Task[int]]) -> None:
+    pending = set(jobs)
+    while pending:
+        done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        if any(j.exception() is not None or j.result() != 0 for j in done):
+            return
+
+
+def job_of(launch: InstanceLaunch) -> tuple[str, list[str]]:
+    """(module, arguments) of a launch's ``python -m MODULE ARGS`` command."""
+    start = launch.argv.index(sys.executable)
+    return launch.argv[start + 2], list(launch.argv[start + 3 :])
+
+
+def warm_key(launch: InstanceLaunch, onednn: bool | None) -> RunnerKey:
+    """The warm runner a launch needs: its CPUs, threads, oneDNN and memory-binding prefix."""
+    _, argv = job_of(launch)
+    threads = int(argv[argv.index("--threads") + 1]) if "--threads" in argv else len(launch.cpus)
+    prefix = launch.argv[: launch.argv.index(sys.executable)]
+    return RunnerKey(tuple(launch.cpus), threads, onednn, tuple(prefix))
 
 
 async def run_process(launch: InstanceLaunch, limits: RunnerLimits | None = None) -> int | None:
@@ -185,7 +303,7 @@ async def _start(
 
 
 async def _release_barrier(
-    processes: list[asyncio.subprocess.Process],
+    ended: Callable[[], bool],
     launches: Sequence[InstanceLaunch],
     sync_dir: Path,
     on_ready: OnReady | None,
@@ -195,7 +313,7 @@ async def _release_barrier(
         for launch in launches
     }
     while not all(path.exists() for path in ready.values()):
-        if any(p.returncode is not None for p in processes):
+        if ended():
             return  # an instance ended before its warmup finished: _collect reports it
         await asyncio.sleep(_BARRIER_POLL_S)
     if on_ready is not None:
@@ -248,17 +366,17 @@ async def _reap(processes: list[asyncio.subprocess.Process]) -> None:
 
 def _collect(
     launches: Sequence[InstanceLaunch],
-    processes: list[asyncio.subprocess.Process],
-    stopped: set[int],
+    exit_codes: Sequence[int | None],
+    stopped_by_us: Sequence[bool],
 ) -> list[protocol.RunnerResult]:
     results: list[protocol.RunnerResult] = []
     failures: list[InstanceFailure] = []
-    for launch, process in zip(launches, processes, strict=True):
+    for launch, code, stopped in zip(launches, exit_codes, stopped_by_us, strict=False):
         result = _read_result(launch.result_path)
-        if process.returncode == 0 and result is not None and result.error is None:
+        if code == 0 and result is not None and result.error is None:
             results.append(result)
             continue
-        failures.append(_failure(launch, process, result, process.pid in stopped))
+        failures.append(_failure(launch, code, result, stopped))
     if failures:
         raise StepProcessesFailed(failures)
     return results
@@ -273,7 +391,7 @@ def _read_result(path: Path) -> protocol.RunnerResult | None:
 
 def _failure(
     launch: InstanceLaunch,
-    process: asyncio.subprocess.Process,
+    exit_code: int | None,
     result: protocol.RunnerResult | None,
     killed_by_us: bool,
 ) -> InstanceFailure:
@@ -286,7 +404,8 @@ def _failure(
     if killed_by_us:
         return InstanceFailure(launch.index, "stopped", launch.log_path, stopped_by_worker=True)
     tail = log_tail(launch.log_path)
-    cause = f"runner {describe_exit(process.returncode)} without a result"
+    how = "(a warm runner) died" if exit_code is None else describe_exit(exit_code)
+    cause = f"runner {how} without a result"
     return InstanceFailure(
         launch.index, cause + (f"; its log ends: {tail}" if tail else ""), launch.log_path
     )

@@ -240,7 +240,19 @@ def run_accuracy(
 def _finish(result: RunnerResult) -> None:
     """What is read at the end of the run: the cpus every thread may use, peak memory."""
     result.cpus_observed = observed_cpus(os.getpid())
-    result.peak_rss_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    result.peak_rss_bytes = peak_rss_bytes()
+
+
+def peak_rss_bytes() -> int:
+    """VmHWM: this step's peak in a warm runner (which resets it per step), the process's
+    lifetime peak otherwise; ru_maxrss where /proc is not there."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _write(result: RunnerResult, output: Path) -> bool:

@@ -351,7 +351,9 @@ async def wait_for_runner(worker: WorkerProcess, workspace: Path, request: dict[
         for process in runner_processes(worker.pid):
             with contextlib.suppress(psutil.Error):
                 if request["id"] in " ".join(process.cmdline()):
-                    return process
+                    return process  # a fresh runner: its command names the workload
+                if str(log_path) in {f.path for f in process.open_files()}:
+                    return process  # a warm runner: its output goes to the step's log
         return None
 
     return await wait_until(started, 120, f"runner of {request['id']}")

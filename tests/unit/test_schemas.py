@@ -41,7 +41,9 @@ SEED = {
 def test_checked_in_schemas_equal_what_the_contracts_generate() -> None:
     """Every file in contracts/schemas is byte-equal to the generator's output, none missing."""
     generated = render()
-    checked_in = {path.name: path.read_text(encoding="utf-8") for path in SCHEMAS.iterdir()}
+    checked_in = {
+        path.name: path.read_text(encoding="utf-8") for path in SCHEMAS.iterdir() if path.is_file()
+    }
     assert sorted(checked_in) == sorted(generated), REGENERATE
     drifted = [name for name, text in generated.items() if checked_in[name] != text]
     assert not drifted, f"{drifted} differ from the contracts; {REGENERATE}"
@@ -55,7 +57,7 @@ def test_schema_verb_writes_the_checked_in_files(tmp_path: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     written = {path.name: path.read_bytes() for path in (tmp_path / "out").iterdir()}
-    assert written == {path.name: path.read_bytes() for path in SCHEMAS.iterdir()}
+    assert written == {path.name: path.read_bytes() for path in SCHEMAS.iterdir() if path.is_file()}
     assert len(done.stdout.splitlines()) == len(written)
 
 
@@ -178,3 +180,22 @@ def test_json_schemas_cover_the_request_and_every_message() -> None:
         "benchmark_progress.schema.json", "benchmark_finish.schema.json",
         "benchmark_cancel.schema.json", "node_status.schema.json",
     ])  # fmt: skip
+
+
+def test_the_asyncapi_examples_are_a_consistent_recorded_run() -> None:
+    """The examples come from ops/record_examples.py, not from a hand: the optimized step's
+    command runs the optimized model, the finish counts the steps it holds, and the headline
+    figures are the steps' own."""
+    import yaml
+
+    document = yaml.safe_load((SCHEMAS / "asyncapi.yaml").read_text())
+    (success, error) = document["components"]["messages"]["benchmarkFinish"]["examples"]
+    data = success["payload"]["data"]
+    steps = [(model, mode) for model, modes in data["execution_details"].items() for mode in modes]
+    assert data["progress"] == f"{len(steps)}/{len(steps)}" == f"{data['number_of_steps']}/3"
+    optimized = data["execution_details"]["optimized_model_benchmark"]["performance"]
+    assert "--model optimized_model" in optimized["command"]
+    assert data["perf_throughput_optimized_model"] == optimized["throughput_samples_per_s"]
+    accuracy = data["execution_details"]["input_model_benchmark"]["accuracy"]
+    assert data["acc_input_model"] == accuracy["accuracy"]
+    assert error["payload"]["status"] == "error" and error["payload"]["data"]["step"]
