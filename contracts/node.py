@@ -71,6 +71,18 @@ class OutcomeCounts(OpenContract):
     )
 
 
+class WarmRunnerStatus(OpenContract):
+    """One warm runner process: TensorFlow imported once, reused for the next steps."""
+
+    pid: int
+    cpus: str = Field(description="The CPUs it is pinned to, e.g. '0-1'.")
+    threads: int
+    steps: int = Field(ge=0, description="Steps it has run.")
+    rss_bytes: int = Field(ge=0, description="Resident memory after its last step.")
+    age_s: float = Field(ge=0)
+    busy: bool
+
+
 class NodeStatusData(OpenContract):
     """The payload of a node status."""
 
@@ -83,6 +95,10 @@ class NodeStatusData(OpenContract):
     uptime_s: float = Field(ge=0, description="Seconds since the worker started.")
     counts: OutcomeCounts = Field(default_factory=OutcomeCounts)
     timestamp: AwareDatetime = Field(description="When this status was taken (ISO 8601).")
+    warm_runners: list[WarmRunnerStatus] | None = Field(
+        default=None,
+        description="The worker's warm runner processes (None: runners.warm is false).",
+    )
 
 
 def _envelope_is_required(schema: dict[str, Any]) -> None:

@@ -258,8 +258,19 @@ class Fleet:
             "metrics_port": self.metrics_port,
             "intake_pending_s": None if oldest is None else round(time.monotonic() - oldest, 3),
             "intake_bound_s": self._intake_bound_s,
-            "warm_runners": None if self.runners is None else self.runners.snapshot(),
+            "warm_runners": self._warm_runners(),
         }
+
+    def _warm_runners(self) -> dict[str, Any] | None:
+        """The warm pool's snapshot, also kept in the metrics (read with every heartbeat)."""
+        snapshot = None if self.runners is None else self.runners.snapshot()
+        self.metrics.set_warm_runners(snapshot)
+        return snapshot
+
+    def attach_runners(self, pool: WarmPool | None) -> None:
+        """The worker's warm runners: in the heartbeat, node status and metrics."""
+        self.runners = pool
+        self.activity.runners = None if pool is None else pool.snapshot
 
     def _reconnected_callback(self, name: str) -> Callable[..., None]:
         def reconnected(*_: object) -> None:

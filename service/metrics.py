@@ -48,6 +48,21 @@ class Metrics:
             ["connection"],
             registry=self.registry,
         )
+        self.warm_runners = Gauge(
+            "benchmark_worker_warm_runners",
+            "Warm runner processes alive (TensorFlow imported, waiting or running a step).",
+            registry=self.registry,
+        )
+        self.warm_runner_rss = Gauge(
+            "benchmark_worker_warm_runner_rss_bytes",
+            "Resident memory of all warm runners after their last step.",
+            registry=self.registry,
+        )
+        self.warm_runner_oldest_age = Gauge(
+            "benchmark_worker_warm_runner_oldest_age_seconds",
+            "Age of the oldest warm runner (0: none).",
+            registry=self.registry,
+        )
         info = Gauge(
             "benchmark_worker_info",
             "This worker's identity (value 1).",
@@ -60,6 +75,12 @@ class Metrics:
         for connection in ("consume", "publish"):
             self.reconnects.labels(connection=connection)
         self._server: Any = None
+
+    def set_warm_runners(self, snapshot: dict[str, Any] | None) -> None:
+        runners = (snapshot or {}).get("runners", [])
+        self.warm_runners.set(len(runners))
+        self.warm_runner_rss.set(sum(r["rss_bytes"] for r in runners))
+        self.warm_runner_oldest_age.set(max((r["age_s"] for r in runners), default=0))
 
     def serve(self, host: str, port: int) -> int:
         """Start the endpoint; return the port it listens on (``port`` 0 picks a free one)."""

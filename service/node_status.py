@@ -12,7 +12,9 @@ import contextlib
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import aio_pika
 import structlog
@@ -36,6 +38,7 @@ class NodeActivity:
         self.workload_id: str | None = None
         self.counts: Counter[str] = Counter()
         self.started_monotonic_s = time.monotonic()
+        self.runners: Callable[[], dict[str, Any]] | None = None  # the warm pool's snapshot
 
     def snapshot(self) -> NodeStatus:
         return NodeStatus(
@@ -47,6 +50,7 @@ class NodeActivity:
                 uptime_s=round(time.monotonic() - self.started_monotonic_s, 3),
                 counts=OutcomeCounts(**{name: self.counts[name] for name in OUTCOMES}),
                 timestamp=datetime.now(UTC),
+                warm_runners=None if self.runners is None else self.runners()["runners"],
             )
         )
 

@@ -89,7 +89,7 @@ class Worker:
         self._publisher: EventPublisher | None = None
         self._dead_letters: DeadLetters | None = None
         self.pool = make_pool(settings, len(topology.cpu_ids))
-        self._fleet.runners = self.pool
+        self._fleet.attach_runners(self.pool)
         self._lane: RejectLane | None = None
         self._claims = 0  # valid requests running or about to (not bad bodies)
         self.ready = asyncio.Event()

@@ -152,10 +152,13 @@ def run(args: argparse.Namespace, result: RunnerResult, progress: Progress) -> N
     result.outputs = model.outputs
     result.intra_op_threads = model.intra_op_threads
     result.inter_op_threads = model.inter_op_threads
-    if args.mode == "performance":
-        run_performance(model, config, args, result, progress)
-    else:
-        run_accuracy(model, config, result, progress)
+    try:
+        if args.mode == "performance":
+            run_performance(model, config, args, result, progress)
+        else:
+            run_accuracy(model, config, result, progress)
+    finally:
+        model.close()  # a warm runner's next step starts with no session of this one
 
 
 def read_config(path: Path) -> RunnerConfig:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import importlib
 import json
 import os
@@ -89,6 +90,7 @@ def run_job(line: str) -> int:
         code = 2
     finally:
         _point_output_at(os.devnull)
+        gc.collect()  # the step's graph, session and arrays go before the next step
     return int(code or 0)
 
 

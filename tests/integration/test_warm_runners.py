@@ -75,6 +75,12 @@ async def test_a_second_request_reuses_the_runners_and_they_idle_at_zero_cpu(
         assert started_runners(worker) == started_after_first
         assert step_pids(second) == step_pids(first) and len(step_pids(first)) == 2
         assert step_pids(first) <= set(started_after_first)
+        (heartbeat,) = (worker_config.parent / "workspace" / "health").glob("*.json")
+        await wait_until(lambda: json.loads(heartbeat.read_text()).get("warm_runners"), 15,
+                         "warm runners in the heartbeat")  # fmt: skip
+        status = json.loads(heartbeat.read_text())["warm_runners"]
+        assert status["count"] == len(started_after_first) and status["rss_bytes"] > 0
+        assert {r["pid"] for r in status["runners"]} == set(started_after_first)
         before = {pid: cpu_ticks(pid) for pid in started_after_first}
         time.sleep(10)
         used = {pid: cpu_ticks(pid) - ticks for pid, ticks in before.items()}
