@@ -43,16 +43,11 @@ _START_DELAY_S = 0.05
 
 
 def make_pool(settings: Settings, cpu_count: int) -> WarmPool | None:
-    """The worker's warm runners (None with ``runners.warm: false``). A warm runner's CPU-time
-    limit covers the steps it may take (``runners.max_steps`` time limits of every CPU)."""
+    """The worker's warm runners (None with ``runners.warm: false``), with a fresh runner's
+    limits; the CPU-time limit applies per step (``service.runner.sandbox.confine_warm``)."""
     if not settings.runners.warm:
         return None
-    per_step = runner_limits(settings.worker, cpu_count)
-    limits = RunnerLimits(
-        data_bytes=per_step.data_bytes,
-        cpu_time_s=(per_step.cpu_time_s or 0) * settings.runners.max_steps or None,
-        open_files=per_step.open_files,
-    )
+    limits = runner_limits(settings.worker, cpu_count)
     workspace = settings.worker.workspace.expanduser()
     return WarmPool(settings.runners, runner_environment(limits=limits), workspace / "runners")
 
@@ -187,13 +182,26 @@ async def run_warm_instances(
     jobs: list[asyncio.Task[int]] = []
     clean = False
     try:
-        for launch in launches:
-            try:
-                runners.append(await pool.acquire(warm_key(launch, onednn)))
-            except RunnerGone as exc:
-                raise StepProcessesFailed(
-                    [InstanceFailure(launch.index, str(exc), pool.log_path(launch.cpus))]
-                ) from None
+        acquired = await asyncio.gather(  # new runners import TensorFlow side by side
+            *(pool.acquire(warm_key(launch, onednn)) for launch in launches),
+            return_exceptions=True,
+        )
+        runners = [r for r in acquired if isinstance(r, WarmRunner)]
+        failed = [
+            (launch, error)
+            for launch, error in zip(launches, acquired, strict=True)
+            if isinstance(error, BaseException)
+        ]
+        for _, error in failed:
+            if not isinstance(error, RunnerGone):
+                raise error
+        if failed:
+            raise StepProcessesFailed(
+                [
+                    InstanceFailure(launch.index, str(error), pool.log_path(launch.cpus))
+                    for launch, error in failed
+                ]
+            )
         for launch, runner in zip(launches, runners, strict=True):
             module, argv = job_of(launch)
             launch.result_path.unlink(missing_ok=True)
@@ -214,7 +222,10 @@ async def run_warm_instances(
         await asyncio.shield(asyncio.gather(*jobs, return_exceptions=True))
         if not clean:  # reaped before the step ends: no zombie outlives a cancel
             await asyncio.shield(_reap([r.process for r in runners]))
-        codes = [_job_code(j) for j in jobs]
+        codes = [
+            _job_code(j) if _job_code(j) is not None or clean else r.process.returncode
+            for j, r in zip(jobs, runners, strict=False)
+        ]
         for runner, code in zip(runners, codes + [None] * len(runners), strict=False):
             pool.release(runner, reusable=clean and code == 0)
     return _collect(launches, codes, running)
@@ -404,7 +415,7 @@ def _failure(
     if killed_by_us:
         return InstanceFailure(launch.index, "stopped", launch.log_path, stopped_by_worker=True)
     tail = log_tail(launch.log_path)
-    how = "(a warm runner) died" if exit_code is None else describe_exit(exit_code)
+    how = "died" if exit_code is None else describe_exit(exit_code)
     cause = f"runner {how} without a result"
     return InstanceFailure(
         launch.index, cause + (f"; its log ends: {tail}" if tail else ""), launch.log_path

@@ -31,6 +31,7 @@ import structlog
 
 from service.config import RunnersSettings
 from service.cpulist import format_cpu_list
+from service.executor.failures import describe_exit, log_tail
 
 log = structlog.get_logger()
 
@@ -47,12 +48,12 @@ class RunnerKey:
     onednn: bool | None
     prefix: tuple[str, ...] = ()
 
-    def argv(self) -> tuple[str, ...]:
+    def argv(self, steps: int) -> tuple[str, ...]:
         onednn = {True: "on", False: "off", None: "default"}[self.onednn]
         return (
             *self.prefix, sys.executable, "-m", WARM_MODULE,
             "--cpus", format_cpu_list(self.cpus), "--threads", str(self.threads),
-            "--onednn", onednn,
+            "--onednn", onednn, "--steps", str(steps),
         )  # fmt: skip
 
 
@@ -197,7 +198,7 @@ class WarmPool:
         log_path = self.log_path(key.cpus)
         with log_path.open("ab") as log_file:
             process = await asyncio.create_subprocess_exec(
-                *key.argv(),
+                *key.argv(self._settings.max_steps),
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=log_file,
@@ -217,13 +218,21 @@ class WarmPool:
                 f"warm runner did not start within {self._settings.start_timeout_s:g} s "
                 "(runners.start_timeout_s)"
             ) from None
-        except (RunnerGone, asyncio.CancelledError):
+        except RunnerGone:
+            runner.kill()
+            await asyncio.shield(process.wait())
+            raise RunnerGone(
+                f"the runner {describe_exit(process.returncode)} while TensorFlow started"
+                f"{_tail(log_path)}"
+            ) from None
+        except asyncio.CancelledError:
             runner.kill()
             await asyncio.shield(process.wait())
             raise
         if not ready.get("ready"):
             runner.kill()
-            raise RunnerGone(f"warm runner could not start: {ready.get('error')}")
+            await asyncio.shield(process.wait())
+            raise RunnerGone(f"the runner could not start: {ready.get('error')}{_tail(log_path)}")
         log.info("warm_runner_started", pid=process.pid, cpus=format_cpu_list(key.cpus),
                  threads=key.threads, import_s=ready.get("import_s"))  # fmt: skip
         return runner
@@ -244,6 +253,11 @@ class WarmPool:
                     runner.kill()
                     with contextlib.suppress(Exception):
                         await runner.process.wait()
+
+
+def _tail(log_path: Path) -> str:
+    tail = log_tail(log_path)
+    return f"; last lines of {log_path}: {tail}" if tail else f" (log: {log_path})"
 
 
 def kill_all(runners: Sequence[WarmRunner]) -> set[int]:

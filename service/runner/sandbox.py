@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 PARENT_PID_ENV = "BENCHMARK_RUNNER_PARENT_PID"
 LIMITS_ENV = "BENCHMARK_RUNNER_LIMITS"
+CONFINED_ENV = "BENCHMARK_RUNNER_CONFINED"  # set by a warm runner for its own steps
 EXIT_ORPHANED = 3
 _PR_SET_PDEATHSIG = 1
 _CPU_HARD_MARGIN_S = 5
@@ -53,12 +54,50 @@ class RunnerLimits:
 
 
 def confine(environ: Mapping[str, str] | None = None) -> None:
-    """Die with the parent, then apply the limits; exit at once if the parent is gone."""
+    """Die with the parent, then apply the limits; exit at once if the parent is gone.
+
+    In a warm runner (which confined itself when it started, see :func:`confine_warm`) a
+    step's own call does nothing: the runner keeps its limits across steps.
+    """
     environ = os.environ if environ is None else environ
+    if environ.get(CONFINED_ENV) == str(os.getpid()):
+        return
     parent = environ.get(PARENT_PID_ENV)
     if parent:
         die_with_parent(int(parent))
     apply_limits(RunnerLimits.from_environment(environ))
+
+
+def confine_warm(steps: int) -> int | None:
+    """A warm runner's confinement: as :func:`confine`, but the CPU-time limit is per step.
+
+    RLIMIT_CPU counts the process's whole life, so the hard limit covers ``steps`` steps and
+    :func:`allow_cpu_for_next_step` moves the soft limit (SIGXCPU) to the CPU time used so
+    far plus one step's allowance before each step. Returns that allowance (None: no limit).
+    """
+    parent = os.environ.get(PARENT_PID_ENV)
+    if parent:
+        die_with_parent(int(parent))
+    limits = RunnerLimits.from_environment(os.environ)
+    apply_limits(RunnerLimits(limits.data_bytes, None, limits.open_files))
+    if limits.cpu_time_s is not None:
+        total_s = limits.cpu_time_s * steps
+        _lower(resource.RLIMIT_CPU, limits.cpu_time_s, total_s + _CPU_HARD_MARGIN_S)
+    os.environ[CONFINED_ENV] = str(os.getpid())
+    return limits.cpu_time_s
+
+
+def allow_cpu_for_next_step(step_cpu_s: int | None) -> None:
+    """Soft RLIMIT_CPU = CPU seconds used so far + one step's allowance (within the hard)."""
+    if step_cpu_s is None:
+        return
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    used_s = int(usage.ru_utime + usage.ru_stime) + 1
+    _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+    soft = used_s + step_cpu_s
+    if hard != resource.RLIM_INFINITY:
+        soft = min(soft, hard)
+    resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
 
 
 def memory_hint(exc: BaseException, environ: Mapping[str, str] | None = None) -> str:

@@ -32,7 +32,7 @@ from typing import Any
 
 from service.runner.onednn_check import import_tensorflow, set_onednn
 from service.runner.pinning import StepError, parse_cpus, pin_process
-from service.runner.sandbox import confine
+from service.runner.sandbox import allow_cpu_for_next_step, confine_warm, memory_hint
 
 JOB_MODULES = ("service.runner.__main__", "service.runner.preflight")
 EXIT_BAD_JOB = 4
@@ -43,14 +43,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--cpus", required=True)
     parser.add_argument("--threads", type=int, required=True)
     parser.add_argument("--onednn", choices=["on", "off", "default"], required=True)
+    parser.add_argument("--steps", type=int, default=1, help="steps its CPU-time limit covers")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    confine()
     args = parse_args(argv)
+    step_cpu_s = confine_warm(args.steps)
     reply = os.fdopen(os.dup(1), "w", buffering=1)  # the protocol; fd 1 goes to job logs
-    _point_output_at(os.devnull)
+    global _OWN_LOG_FD
+    _OWN_LOG_FD = os.dup(2)  # the pool's log of this runner: output outside any job
+    _back_to_own_log()
     onednn = {"on": True, "off": False, "default": None}[args.onednn]
     started_s = time.perf_counter()
     try:
@@ -63,10 +66,15 @@ def main(argv: list[str] | None = None) -> int:
     except StepError as exc:
         _send(reply, {"ready": False, "error": f"{exc.step}: {exc.message}"})
         return 2
+    except Exception as exc:  # TensorFlow could not start (its memory limit, say)
+        traceback.print_exc()
+        _send(reply, {"ready": False, "error": f"import_tensorflow: {exc!r}{memory_hint(exc)}"})
+        return 2
     _send(reply, {"ready": True, "pid": os.getpid(), "tensorflow_version": version,
                   "onednn_enabled": reported,
                   "import_s": round(time.perf_counter() - started_s, 3)})  # fmt: skip
     for line in sys.stdin:  # blocks in read(2) between jobs
+        allow_cpu_for_next_step(step_cpu_s)
         _send(reply, {"exit": run_job(line), "rss_bytes": _rss_bytes()})
     return 0
 
@@ -89,7 +97,7 @@ def run_job(line: str) -> int:
         traceback.print_exc()
         code = 2
     finally:
-        _point_output_at(os.devnull)
+        _back_to_own_log()
         gc.collect()  # the step's graph, session and arrays go before the next step
     return int(code or 0)
 
@@ -103,6 +111,17 @@ def _point_output_at(path: str) -> None:
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     os.close(fd)
+
+
+_OWN_LOG_FD = 2
+
+
+def _back_to_own_log() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os.dup2(_OWN_LOG_FD, 1)
+    os.dup2(_OWN_LOG_FD, 2)
 
 
 def _send(reply: Any, message: dict[str, Any]) -> None:

@@ -27,7 +27,15 @@ def runner_pids(config_path: Path) -> dict[int, int]:
         except OSError:
             continue
         if "service.runner" in argv and str(config_path) in argv and "performance" in argv:
-            found[int(argv[argv.index("--instance") + 1])] = int(proc.name)
+            found[int(argv[argv.index("--instance") + 1])] = int(proc.name)  # a fresh runner
+        elif "service.runner.warm" in argv:  # a warm runner: its output is the step's log
+            try:
+                log = Path(os.readlink(proc / "fd" / "1"))
+            except OSError:
+                continue
+            prefix = "input_model_performance_benchmark_"
+            if log.parent == config_path.parent and log.name.startswith(prefix):
+                found[int(log.stem.removeprefix(prefix))] = int(proc.name)
     return found
 
 

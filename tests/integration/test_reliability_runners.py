@@ -73,7 +73,8 @@ async def test_runners_get_no_secrets_their_rlimits_and_no_shell(
     assert not any(key.startswith("BENCHMARK_WORKER_") for key in environment)
     assert environment[PARENT_PID_ENV] == str(worker.pid)
     assert limits["Max data size"] == str(3000 * 2**20)
-    assert limits["Max cpu time"] == "500"
+    # a warm runner's soft limit is its CPU time so far plus one step's 500 s
+    assert 500 <= int(limits["Max cpu time"]) <= 500 + 60, limits["Max cpu time"]
     assert limits["Max open files"] == "256"
     assert limits["Max core file size"] == "0"
 
@@ -122,7 +123,8 @@ async def test_a_runner_over_its_limit_ends_in_an_error_finish(
 
     assert finish.status == "error" and finish.data.step == "prepare"
     assert expected in finish.data.message, finish.data.message
-    assert "last lines of" in finish.data.message
+    # the log is named, with its last lines unless all it holds is TensorFlow's start-up
+    assert "last lines of" in finish.data.message or "(log: " in finish.data.message
 
 
 async def test_runner_crashes_end_in_error_finishes_and_the_worker_takes_the_next_request(
@@ -158,8 +160,9 @@ async def test_runner_crashes_end_in_error_finishes_and_the_worker_takes_the_nex
 
     for name, finish in outcomes.items():
         assert finish.status == "error" and finish.data.step == "input_model/performance"
-        assert f"runner was killed by signal {name}" in finish.data.message
-        assert "last lines of" in finish.data.message
+        assert f"runner was killed by signal {name} without a result" in finish.data.message
+        assert "its log ends: " in finish.data.message
+        assert "stopped by the worker after instance 0 failed" in finish.data.message
     corrupt_finish = finishes[broken["id"]]
     assert corrupt_finish.status == "error", corrupt_finish.data
     assert corrupt_finish.data.step == "prepare"  # the pre-flight check loads it first
