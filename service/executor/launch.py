@@ -182,26 +182,16 @@ async def run_warm_instances(
     jobs: list[asyncio.Task[int]] = []
     clean = False
     try:
-        acquired = await asyncio.gather(  # new runners import TensorFlow side by side
-            *(pool.acquire(warm_key(launch, onednn)) for launch in launches),
-            return_exceptions=True,
-        )
-        runners = [r for r in acquired if isinstance(r, WarmRunner)]
-        failed = [
-            (launch, error)
-            for launch, error in zip(launches, acquired, strict=True)
-            if isinstance(error, BaseException)
-        ]
-        for _, error in failed:
-            if not isinstance(error, RunnerGone):
-                raise error
-        if failed:
+        keys = [warm_key(launch, onednn) for launch in launches]
+        try:  # new runners import TensorFlow side by side, before anything is timed
+            await pool.start_missing(keys)
+        except RunnerGone as exc:
+            first = launches[0]
             raise StepProcessesFailed(
-                [
-                    InstanceFailure(launch.index, str(error), pool.log_path(launch.cpus))
-                    for launch, error in failed
-                ]
-            )
+                [InstanceFailure(first.index, str(exc), pool.log_path(first.cpus))]
+            ) from None
+        for key in keys:
+            runners.append(await pool.acquire(key))
         for launch, runner in zip(launches, runners, strict=True):
             module, argv = job_of(launch)
             launch.result_path.unlink(missing_ok=True)

@@ -150,6 +150,25 @@ class WarmPool:
             "runners": [r.describe() for r in runners],
         }
 
+    async def start_missing(self, keys: Sequence[RunnerKey]) -> None:
+        """Start the runners of ``keys`` the pool lacks, side by side; each goes idle into the
+        pool as soon as it is ready, so a cancel never loses one. Raises the first
+        :class:`RunnerGone`."""
+        self._start_reaper()
+
+        async def start_into_pool(key: RunnerKey) -> None:
+            runner = self._idle.get(key)
+            if runner is not None and runner.process.returncode is None:
+                return
+            self._idle[key] = await self._start(key)
+
+        results = await asyncio.gather(
+            *(start_into_pool(key) for key in dict.fromkeys(keys)), return_exceptions=True
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
     async def acquire(self, key: RunnerKey) -> WarmRunner:
         """The idle runner of ``key``, or a new one (TensorFlow imported, ready)."""
         self._start_reaper()
