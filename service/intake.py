@@ -66,7 +66,7 @@ def decode_request(
         raise RejectRequest(
             f"body must be a JSON object, not {type(data).__name__}", reason="schema_invalid"
         )
-    workload_id = data.get("id") if is_routable_id(data.get("id")) else None
+    workload_id = _routable_id(data)
     try:  # strict: JSON types as the schema says them ("4" is not a batch size)
         return BenchmarkRequest.model_validate_json(text, strict=True)
     except ValidationError as exc:
@@ -129,6 +129,11 @@ def _json_id(body: bytes) -> str | None:
         data = json.loads(body)
     except (ValueError, RecursionError):
         return None
+    return _routable_id(data)
+
+
+def _routable_id(data: Any) -> str | None:
+    """The body's ``id`` when it can go into a routing key (an error finish can be sent)."""
     value = data.get("id") if isinstance(data, dict) else None
     return value if is_routable_id(value) else None
 

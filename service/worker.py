@@ -188,12 +188,9 @@ class Worker:
         with structlog.contextvars.bound_contextvars(
             delivery_tag=message.delivery_tag, body_bytes=len(message.body), lane="reject"
         ):
-            with self._fleet.intake(message.delivery_tag):
-                try:
-                    request = self._decode(message)
-                except RejectRequest as exc:
-                    await self._reject(message, exc)
-                    return
+            request = await self._decide(message)
+            if request is None:
+                return
             if self._lane is not None:
                 await self._lane.close("valid request")
             if self._claims == 0 or message.redelivered:
@@ -266,13 +263,20 @@ class Worker:
         await _settle(message, "nack", requeue=True)
         log.info("request_returned_to_queue", reason="shutdown")
 
-    async def _handle(self, message: AbstractIncomingMessage, started: float) -> None:
+    async def _decide(self, message: AbstractIncomingMessage) -> BenchmarkRequest | None:
+        """The valid request; or None once the delivery was rejected (dead-lettered, settled),
+        all of it inside the intake bound the heartbeat watches."""
         with self._fleet.intake(message.delivery_tag):
             try:
-                request = self._decode(message)
+                return self._decode(message)
             except RejectRequest as exc:
                 await self._reject(message, exc)
-                return
+                return None
+
+    async def _handle(self, message: AbstractIncomingMessage, started: float) -> None:
+        request = await self._decide(message)
+        if request is None:
+            return
         if self._lane is not None:
             self._lane.accepted()
         self._claims += 1

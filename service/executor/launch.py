@@ -212,8 +212,8 @@ async def run_warm_instances(
         await asyncio.shield(asyncio.gather(*jobs, return_exceptions=True))
         if not clean:  # reaped before the step ends: no zombie outlives a cancel
             await asyncio.shield(_reap([r.process for r in runners]))
-        codes = [
-            _job_code(j) if _job_code(j) is not None or clean else r.process.returncode
+        codes = [  # a job whose runner died: how the runner ended
+            code if (code := _job_code(j)) is not None or clean else r.process.returncode
             for j, r in zip(jobs, runners, strict=False)
         ]
         for runner, code in zip(runners, codes + [None] * len(runners), strict=False):

@@ -30,6 +30,7 @@ from service.runner.pinning import (
     pin_process,
     runner_thread_environment,
 )
+from service.runner.probes import status_bytes
 from service.runner.protocol import RunnerConfig, RunnerError, RunnerModel, RunnerResult
 from service.runner.runlength import RunLength
 from service.runner.sandbox import confine, memory_hint
@@ -135,17 +136,11 @@ def run(args: argparse.Namespace, result: RunnerResult, progress: Progress) -> N
     result.inter_op_threads = 1
     progress.step = "import_tensorflow"
     result.tensorflow_version, result.onednn_enabled = import_tensorflow(config.onednn)
-    from service.runner.loading import load_model
+    from service.runner.loading import load_for_workload
 
     progress.step = "load_model"
     started = time.perf_counter()
-    model = load_model(
-        spec,
-        cpu_count=threads,
-        inputs=config.inputs,
-        outputs=config.outputs,
-        cache_dir=config.freeze_cache_dir,
-    )
+    model = load_for_workload(spec, config, threads)
     result.load_time_s = time.perf_counter() - started
     result.freeze_cache = model.freeze_cache
     result.inputs = model.inputs
@@ -249,13 +244,8 @@ def _finish(result: RunnerResult) -> None:
 def peak_rss_bytes() -> int:
     """VmHWM: this step's peak in a warm runner (which resets it per step), the process's
     lifetime peak otherwise; ru_maxrss where /proc is not there."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = status_bytes("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _write(result: RunnerResult, output: Path) -> bool:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Literal
 import tensorflow as tf
 from google.protobuf.message import DecodeError
 
-from service.runner.protocol import RunnerModel
+from service.runner.protocol import RunnerModel, write_atomic
 
 if TYPE_CHECKING:
     from service.runner.loading import FrozenGraph
@@ -83,15 +83,7 @@ def _write(frozen: FrozenGraph, model: RunnerModel, graph_path: Path, meta_path:
     }
     try:
         graph_path.parent.mkdir(parents=True, exist_ok=True)
-        _replace(graph_path, frozen.graph_def.SerializeToString())
-        _replace(meta_path, json.dumps(meta).encode())
+        write_atomic(graph_path, frozen.graph_def.SerializeToString())
+        write_atomic(meta_path, json.dumps(meta))  # last: an entry is whole or absent
     except OSError as exc:
         print(f"freeze cache: could not store {graph_path}: {exc.strerror}", flush=True)
-
-
-def _replace(path: Path, data: bytes) -> None:
-    """Write beside ``path`` (a name of this process's own: runners of one step race) and
-    rename over it."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)

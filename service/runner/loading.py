@@ -24,7 +24,7 @@ from google.protobuf.message import DecodeError
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
 from service.runner.pinning import StepError
-from service.runner.protocol import RunnerModel, TensorInfo
+from service.runner.protocol import RunnerConfig, RunnerModel, TensorInfo
 
 STEP = "load_model"
 SERVING_SIGNATURE = "serving_default"
@@ -116,6 +116,17 @@ def load_model(
     loaded = _make_session(graph, input_names, output_names, cpu_count)
     loaded.freeze_cache = outcome
     return loaded
+
+
+def load_for_workload(model: RunnerModel, config: RunnerConfig, cpu_count: int) -> LoadedModel:
+    """:func:`load_model` with the workload's tensor names and freeze cache."""
+    return load_model(
+        model,
+        cpu_count=cpu_count,
+        inputs=config.inputs,
+        outputs=config.outputs,
+        cache_dir=config.freeze_cache_dir,
+    )
 
 
 def freeze_model(model: RunnerModel) -> FrozenGraph:

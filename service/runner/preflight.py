@@ -86,18 +86,12 @@ def check_model(
 ) -> PreflightModel:
     """Load one model, list its ops, make one call; errors are kept in the result."""
     from service.runner import performance
-    from service.runner.loading import load_model
+    from service.runner.loading import load_for_workload
 
     out = PreflightModel()
     started = time.perf_counter()
     try:
-        model = load_model(
-            spec,
-            cpu_count=threads,
-            inputs=config.inputs,
-            outputs=config.outputs,
-            cache_dir=config.freeze_cache_dir,
-        )
+        model = load_for_workload(spec, config, threads)
     except StepError as exc:
         out.error = RunnerError(step="load_model", message=f"{role}: {exc.message}")
         return out

@@ -142,3 +142,14 @@ def window(cpus: list[int], before: Snapshot, after: Snapshot) -> CpuWindow:
         },
         throttle_events=throttled or None,
     )
+
+
+def status_bytes(field: str) -> int | None:
+    """A memory field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``) in bytes; None if absent."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None

@@ -6,6 +6,7 @@ reads it, benchmarks one (model, mode, instance) and writes a JSON :class:`Runne
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal, Self
 
@@ -17,10 +18,11 @@ from service.runner.runlength import RunLength
 ModelFormat = Literal["frozen_pb", "saved_model", "keras"]
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path`` (named for this process: runners of
+    one step may write the same path), then rename it over ``path``."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
     tmp.replace(path)
 
 

@@ -32,6 +32,7 @@ from typing import Any
 
 from service.runner.onednn_check import import_tensorflow, set_onednn
 from service.runner.pinning import StepError, parse_cpus, pin_process
+from service.runner.probes import status_bytes
 from service.runner.sandbox import allow_cpu_for_next_step, confine_warm, memory_hint
 
 JOB_MODULES = ("service.runner.__main__", "service.runner.preflight")
@@ -136,13 +137,7 @@ def _reset_peak_rss() -> None:
 
 
 def _rss_bytes() -> int:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+    return status_bytes("VmRSS") or 0
 
 
 if __name__ == "__main__":
