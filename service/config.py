@@ -47,6 +47,22 @@ class BrokerSettings(_Section):
     )
     reconnect_interval_s: float = Field(default=5.0, gt=0)
     heartbeat_s: int = Field(default=30, ge=0)
+    failover_urls: tuple[SecretStr, ...] = Field(
+        default=(),
+        description="More AMQP URLs of the same cluster, tried in turn after ``url`` when a "
+        "connection is lost or cannot be made; secret.",
+    )
+    event_hold_s: float = Field(
+        default=900.0,
+        gt=0,
+        description="How long a start or finish the broker does not confirm (memory or disk "
+        "alarm, a slow broker) is waited for while its request stays unacked; past it (or "
+        "close to the broker's consumer_timeout) the request is requeued.",
+    )
+
+    def urls(self) -> list[str]:
+        """Every broker URL, ``url`` first."""
+        return [self.url.get_secret_value(), *(u.get_secret_value() for u in self.failover_urls)]
 
 
 class WorkerSettings(_Section):
@@ -106,6 +122,12 @@ class WorkerSettings(_Section):
     )
     reject_lane_after: int = Field(
         default=16, ge=1, description="Bodies rejected in a row that open the reject lane."
+    )
+    keep_runs: int = Field(
+        default=5,
+        ge=1,
+        description="Finished runs kept per workload directory (older ones are removed; a run "
+        "still going never is).",
     )
 
     @model_validator(mode="after")

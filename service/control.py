@@ -1,10 +1,15 @@
 """Cancel: the control exchange, each worker's own queue on it, and the memory of cancelled ids.
 
-Every worker binds an exclusive queue to ``benchmark.*.cancel`` on the control exchange, so a
+Every worker binds a queue of its own to ``benchmark.*.cancel`` on the control exchange, so a
 cancel reaches all of them: the one running the workload kills its runners, and every worker
 remembers the id (bounded: ``node.cancelled_max`` ids for ``node.cancelled_ttl_s``) so that a
 request still in the queue is dropped with the same error finish when it arrives.
 A worker started after the cancel was sent does not know about it.
+
+The queue is not exclusive: it outlives the worker's connection by ``x-expires``
+(:data:`CONTROL_QUEUE_EXPIRES_S`), so a cancel sent while the worker reconnects waits in it
+instead of being lost with an exclusive queue; a clean shutdown deletes it. A worker that died
+leaves it behind until it expires, so within that time ``cancel`` may count it as a listener.
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ log = structlog.get_logger()
 
 Clock = Callable[[], float]
 OnCancel = Callable[[CancelRequest], None]
+CONTROL_QUEUE_EXPIRES_S = 300
+_DELETE_TIMEOUT_S = 5
 
 
 class CancelledIds:
@@ -104,7 +111,7 @@ def cancel_from_message(routing_key: str, body: bytes) -> CancelRequest | None:
 
 
 class ControlListener:
-    """This worker's exclusive queue on the control exchange, bound to every cancel."""
+    """This worker's own queue on the control exchange, bound to every cancel."""
 
     def __init__(self, settings: BrokerSettings, queue_name: str, on_cancel: OnCancel) -> None:
         self._settings = settings
@@ -115,12 +122,26 @@ class ControlListener:
     async def start(self, channel: AbstractChannel) -> None:
         exchange = await declare_control_exchange(channel, self._settings)
         # A name of our own: a robust channel redeclares it after a reconnect, which it
-        # could not do with a server-named (amq.gen-*) queue.
-        queue = await channel.declare_queue(self._queue_name, exclusive=True, auto_delete=True)
+        # could not do with a server-named (amq.gen-*) queue. Not exclusive: it keeps the
+        # cancels sent while the connection is down.
+        queue = await channel.declare_queue(
+            self._queue_name,
+            arguments={"x-expires": CONTROL_QUEUE_EXPIRES_S * 1000},
+        )
         await queue.bind(exchange, routing_key=routing.CANCEL_BINDING)
         await queue.consume(self._on_message, no_ack=True)
         self._queue = queue
         log.info("control_listening", exchange=self._settings.control_exchange, queue=queue.name)
+
+    async def stop(self) -> None:
+        """Delete the queue (a clean shutdown; otherwise it expires on its own)."""
+        if self._queue is None:
+            return
+        try:
+            await self._queue.delete(if_unused=False, if_empty=False, timeout=_DELETE_TIMEOUT_S)
+        except Exception as exc:
+            log.warning("control_queue_not_deleted", queue=self._queue_name, error=repr(exc))
+        self._queue = None
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         cancel = cancel_from_message(message.routing_key or "", message.body)

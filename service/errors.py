@@ -34,3 +34,8 @@ class StepFailed(ServiceError):
 
 class PublishFailed(ServiceError):
     """An event could not be confirmed by the broker: do not ack; the request is retried."""
+
+
+class DeliveryLost(ServiceError):
+    """The broker no longer holds the delivery this worker answers (connection dropped, e.g. a
+    partition): publish nothing for it; the broker has handed it to another delivery."""

@@ -136,6 +136,8 @@ class Fleet:
         self.activity.workload_id = None
         if self._status is not None:
             await self._status.stop()
+        if self._listener is not None:
+            await self._listener.stop()
         await self.heartbeat.stop("stopped")
         self.metrics.close()
 

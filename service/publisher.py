@@ -54,27 +54,55 @@ class EventPublisher:
         self._exchange = exchange
         self._timeout_s = timeout_s
 
-    async def publish(self, event: AnyEvent) -> None:
+    async def publish(self, event: AnyEvent, timeout_s: float | None = None) -> None:
         """Publish and wait for the broker's confirm; raise :class:`PublishFailed` otherwise.
 
         Events are published without ``mandatory``: an event nobody subscribes to is normal.
-        The timeout covers everything, including waiting for a robust channel to reconnect
-        and a connection the broker blocked (memory or disk alarm).
+        The timeout (``publish_timeout_s`` unless given) covers everything, including waiting
+        for a robust channel to reconnect and a connection the broker blocked (memory or disk
+        alarm).
         """
+        timeout_s = timeout_s or self._timeout_s
         try:
-            async with asyncio.timeout(self._timeout_s):
+            async with asyncio.timeout(timeout_s):
                 await self._exchange.publish(
                     event_message(event),
                     routing_key=event.routing_key,
                     mandatory=False,
-                    timeout=self._timeout_s,
+                    timeout=timeout_s,
                 )
         except TimeoutError as exc:
-            raise PublishFailed(
-                f"{event.subject} not confirmed within {self._timeout_s:g} s"
-            ) from exc
+            raise PublishFailed(f"{event.subject} not confirmed within {timeout_s:g} s") from exc
         except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
             raise PublishFailed(f"{event.subject} could not be published: {exc!r}") from exc
+
+    async def publish_held(self, event: AnyEvent, hold_s: float) -> None:
+        """Publish, waiting up to ``hold_s`` for the confirm: for a start or finish whose
+        request stays unacked meanwhile, so a broker that blocks publishing for a while (memory
+        or disk alarm) delays the answer instead of costing a delivery attempt.
+
+        The message is sent once and its confirm awaited (a blocked connection sends it when
+        unblocked). Only when the channel itself fails is it sent again, after
+        ``publish_timeout_s``, with the same ``message_id``.
+        """
+        deadline = time.monotonic() + hold_s
+        while True:
+            left_s = deadline - time.monotonic()
+            publish = asyncio.ensure_future(self.publish(event, max(left_s, 0.1)))
+            try:
+                done, _ = await asyncio.wait({publish}, timeout=min(self._timeout_s, left_s))
+                if not done:
+                    log.warning("event_waiting_for_broker", subject=event.subject,
+                                waited_s=self._timeout_s, hold_s=round(hold_s, 1))  # fmt: skip
+                await publish
+                return
+            except PublishFailed as exc:
+                if time.monotonic() + self._timeout_s >= deadline:
+                    raise
+                log.warning("event_publish_retry", subject=event.subject, error=str(exc))
+                await asyncio.sleep(self._timeout_s)
+            finally:
+                publish.cancel()
 
     async def publish_best_effort(self, event: AnyEvent) -> None:
         """For progress: a lost progress event must never stop the benchmark."""

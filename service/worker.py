@@ -8,19 +8,32 @@ outcome                     broker action                event
 success                     ack after finish confirm     benchmark_finish success
 benchmark failed            ack after finish confirm     benchmark_finish error (names step)
 undecodable / invalid body  dead-letter with reason [1]  benchmark_finish error if id readable
-event not confirmed         nack, requeue                (retried; delivery limit applies)
-redelivered, result stored  ack after finish confirm     the stored finish, not run again
+event not confirmed [2]     nack, requeue                (answered from the store later)
+same message answered [3]   ack after finish confirm     the stored finish, not run again
+delivery no longer held [4] none (broker requeued)       none: the result is kept, not sent
 consume channel lost        none (broker requeued)       none (runners killed; rerun follows)
+valid request on the lane   nack, requeue at once        none (the main consumer runs it)
 shutdown past grace period  nack, requeue                none (runners killed)
-unexpected error            requeue once, then [1]       error finish on the last attempt
+unexpected error            requeue while attempts       error finish on the last attempt
+                            remain, then [1]
 ==========================  ===========================  ==================================
 
 [1] a confirmed copy to the dead-letter exchange with ``x-reject-reason`` and
 ``x-rejected-by`` (:mod:`service.dead_letters`), then ack; reject if the copy is not confirmed.
+[2] a start or finish is waited for while the broker blocks publishing (memory or disk alarm)
+for up to ``broker.event_hold_s`` (and never past the broker's consumer timeout), so a short
+outage does not use up the delivery limit; only then is the request requeued.
+[3] the store (:mod:`service.results`) is keyed by the delivery's ``message_id``, the request's
+hash and the models' content hashes.
+[4] before a finish is published the worker checks with a round trip that the broker still
+holds the delivery (:func:`service.delivery.still_held`): after a partition the broker may
+have handed it to another worker, and only that one answers. At most one success finish per
+delivery; see the README for what subscribers keep.
 
-One request at a time: a delivery that arrives while an aborted one is still being cleaned up
-(after a reconnect) waits for it. Every event carries ``run_id`` and ``attempt`` (1 on the first
-delivery), so subscribers can tell a re-run from the first run.
+One request at a time, and no request held that is not running: the prefetch-1 consumer is the
+only one that runs requests; a valid request that reaches the reject lane is handed back at
+once. Every event carries ``run_id``, ``attempt`` (1 on the first delivery) and the request's
+``request_message_id``, so subscribers can tell a re-run from the first run.
 """
 
 from __future__ import annotations
@@ -32,24 +45,24 @@ import uuid
 from typing import Any
 
 import aio_pika
-import aiormq
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
 
 from contracts import BenchmarkRequest, FinishEvent, ProgressEvent, StartEvent, error_finish
 from service import results
 from service.broker import Topology, connect, declare_topology, request_queue_arguments
-from service.config import Settings
+from service.config import CONSUMER_TIMEOUT_MARGIN_S, Settings
 from service.consumer_watch import watch_consumer
 from service.dead_letters import DeadLetters
-from service.errors import PublishFailed, RejectRequest, StepFailed
+from service.delivery import channel_closed, delivery_attempt, settle, still_held
+from service.errors import DeliveryLost, PublishFailed, RejectRequest, StepFailed
 from service.executor.launch import make_pool
 from service.executor.topology import CpuTopology
 from service.fleet import Fleet
 from service.intake import decide
 from service.publisher import EventPublisher
 from service.reject_lane import RejectLane
-from service.workload import run_workload, workload_directory
+from service.workload import model_hashes, run_workload, workload_directory
 
 log = structlog.get_logger()
 
@@ -57,20 +70,13 @@ EXIT_CONSUMER_LOST = 3
 _CANCEL_TIMEOUT_S = 10
 _REJECT_LANE_QUIET_S = 1.0
 _CLOSE_TIMEOUT_S = 5.0
+_HELD_CHECK_MARGIN_S = 5.0
 
 
 def finish_log_fields(finish: FinishEvent) -> dict[str, Any]:
     """The figures of a finish event worth one canonical log line."""
     data = finish.data.model_dump(exclude={"execution_details", "node"}, exclude_none=True)
     return {"status": finish.status, **data}
-
-
-def delivery_attempt(message: AbstractIncomingMessage) -> int:
-    """1 for a first delivery; quorum queues count earlier deliveries in ``x-delivery-count``."""
-    count = (message.headers or {}).get("x-delivery-count")
-    if isinstance(count, int) and count > 0:
-        return count + 1
-    return 2 if message.redelivered else 1
 
 
 class Worker:
@@ -183,24 +189,18 @@ class Worker:
         )
 
     async def _on_lane_message(self, message: AbstractIncomingMessage) -> None:
-        """Reject lane: dead-letter a bad body. A valid request closes the lane; it runs here
-        when the worker is idle (or it was handed back before), else it is handed back once."""
+        """Reject lane: dead-letter a bad body. A valid request closes the lane and goes back
+        to the queue at once, for the prefetch-1 consumer of this or another worker: the lane
+        never runs a request, so while one runs no second one is held here."""
         with structlog.contextvars.bound_contextvars(
             delivery_tag=message.delivery_tag, body_bytes=len(message.body), lane="reject"
         ):
-            request = await self._decide(message)
+            request = await self._decide(message, from_lane=True)
             if request is None:
                 return
             if self._lane is not None:
                 await self._lane.close("valid request")
-            if self._claims == 0 or message.redelivered:
-                self._claims += 1  # at once: a second valid request behind it is handed back
-                try:
-                    await self._on_message(message)
-                finally:
-                    self._claims -= 1
-                return
-            await _settle(message, "nack", requeue=True)
+            await settle(message, "nack", requeue=True)
             log.info("request_returned_to_queue", reason="reject_lane", workload_id=request.id)
 
     def _decode(self, message: AbstractIncomingMessage) -> BenchmarkRequest:
@@ -242,7 +242,7 @@ class Worker:
                     body_bytes=len(message.body),
                 ):
                     if self._stop.is_set():  # waited behind a request while shutting down
-                        await _settle(message, "nack", requeue=True)
+                        await settle(message, "nack", requeue=True)
                         log.info("request_returned_to_queue", reason="shutdown")
                         return
                     await self._handle(message, started)
@@ -257,20 +257,22 @@ class Worker:
     async def _abandon(self, message: AbstractIncomingMessage) -> None:
         """Cancelled (shutdown past grace, or the channel of the delivery closed): runners are
         killed by now; hand the request back unless the broker already took it back."""
-        if _delivery_channel_closed(message):
+        if channel_closed(message):
             log.warning("request_abandoned", reason="channel_closed", requeued_by="broker")
             return
-        await _settle(message, "nack", requeue=True)
+        await settle(message, "nack", requeue=True)
         log.info("request_returned_to_queue", reason="shutdown")
 
-    async def _decide(self, message: AbstractIncomingMessage) -> BenchmarkRequest | None:
+    async def _decide(
+        self, message: AbstractIncomingMessage, *, from_lane: bool = False
+    ) -> BenchmarkRequest | None:
         """The valid request; or None once the delivery was rejected (dead-lettered, settled),
         all of it inside the intake bound the heartbeat watches."""
         with self._fleet.intake(message.delivery_tag):
             try:
                 return self._decode(message)
             except RejectRequest as exc:
-                await self._reject(message, exc)
+                await self._reject(message, exc, from_lane=from_lane)
                 return None
 
     async def _handle(self, message: AbstractIncomingMessage, started: float) -> None:
@@ -289,26 +291,39 @@ class Worker:
         self, message: AbstractIncomingMessage, request: BenchmarkRequest, started: float
     ) -> None:
         run_id = uuid.uuid4().hex[:12]
-        digest = results.request_digest(request)
-        labels = {"attempt": delivery_attempt(message), results.DIGEST_FIELD: digest}
+        attempt = delivery_attempt(message)
         with structlog.contextvars.bound_contextvars(
-            workload_id=request.id, run_id=run_id, attempt=labels["attempt"]
+            workload_id=request.id, run_id=run_id, attempt=attempt
         ):
             try:
-                if message.redelivered and await self._answer_from_store(request, digest):
-                    await _settle(message, "ack")
+                key = await self._result_key(message, request)
+                stored = await asyncio.to_thread(self._stored_finish, request, key)
+                if stored is not None:
+                    await self._answer(message, stored, started)
+                    await settle(message, "ack")
+                    log.info(
+                        "request_completed",
+                        duplicate_delivery=True,
+                        stored_run_id=getattr(stored.data, "run_id", None),
+                        status=stored.status,
+                    )
                     return
-                finish = await self._benchmark(request, run_id, labels)
-                await self._publisher_or_fail().publish(finish)
+                labels = {"attempt": attempt, **key.labels()}
+                finish = await self._benchmark(request, run_id, labels, started, message)
+                await self._answer(message, finish, started)
+            except DeliveryLost as exc:
+                log.warning("finish_withheld", reason="delivery_lost", detail=str(exc))
+                await settle(message, "nack", requeue=True)  # a no-op on a closed channel
+                return
             except PublishFailed as exc:
                 log.error("request_requeued", reason="publish_failed", error=str(exc))
-                await _settle(message, "nack", requeue=True)
+                await settle(message, "nack", requeue=True)
                 return
             except Exception:
                 log.exception("request_crashed")
                 await self._give_up_or_retry(message, request.id, run_id)
                 return
-            await _settle(message, "ack")
+            await settle(message, "ack")
             log.info(
                 "request_completed",
                 duration_s=round(time.monotonic() - started, 3),
@@ -316,8 +331,20 @@ class Worker:
             )
 
     async def _benchmark(
-        self, request: BenchmarkRequest, run_id: str, labels: dict[str, Any]
+        self,
+        request: BenchmarkRequest,
+        run_id: str,
+        labels: dict[str, Any],
+        started: float,
+        message: AbstractIncomingMessage,
     ) -> FinishEvent:
+        async def emit(event: StartEvent | ProgressEvent) -> None:
+            publisher = self._publisher_or_fail()
+            if isinstance(event, ProgressEvent):
+                await publisher.publish_best_effort(event)
+            else:
+                await publisher.publish_held(event, self._hold_s(started))
+
         return await self._fleet.run(
             request,
             run_id,
@@ -331,36 +358,54 @@ class Worker:
                 labels,
                 self.pool,
             ),
-            self._emit,
+            emit,
         )
 
-    async def _answer_from_store(self, request: BenchmarkRequest, digest: str) -> bool:
-        """A redelivery of a request answered before: publish its stored finish again (same
-        ``message_id``), don't rerun. Raises :class:`PublishFailed` like any finish."""
+    async def _result_key(
+        self, message: AbstractIncomingMessage, request: BenchmarkRequest
+    ) -> results.ResultKey:
+        """The store key of this delivery (models hashed in a thread; unreadable ones are
+        left out, the run then says what is wrong with them)."""
+        hashes = await asyncio.to_thread(
+            model_hashes, request, self._settings.worker.effective_roots()
+        )
+        return results.ResultKey(message.message_id, results.request_digest(request), hashes)
+
+    def _stored_finish(
+        self, request: BenchmarkRequest, key: results.ResultKey
+    ) -> FinishEvent | None:
         try:
-            directory = workload_directory(request, self._settings)
+            stable = workload_directory(request, self._settings)
         except StepFailed:
-            return False
-        finish = results.stored_finish(directory, digest)
-        if finish is None:
-            return False
-        await self._publisher_or_fail().publish(finish)
-        log.info(
-            "request_completed",
-            duplicate_delivery=True,
-            stored_run_id=getattr(finish.data, "run_id", None),
-            status=finish.status,
-        )
-        return True
+            return None
+        return results.stored_finish(stable, key)
 
-    async def _emit(self, event: StartEvent | ProgressEvent) -> None:
-        publisher = self._publisher_or_fail()
-        if isinstance(event, ProgressEvent):
-            await publisher.publish_best_effort(event)
-        else:
-            await publisher.publish(event)
+    async def _answer(
+        self, message: AbstractIncomingMessage, finish: FinishEvent, started: float
+    ) -> None:
+        """Publish the finish, if and only if the broker still holds the delivery it answers.
 
-    async def _reject(self, message: AbstractIncomingMessage, exc: RejectRequest) -> None:
+        Raises :class:`DeliveryLost` (publish nothing) or :class:`PublishFailed`."""
+        broker = self._settings.broker
+        check_s = 3 * (broker.heartbeat_s + 1) + _HELD_CHECK_MARGIN_S  # past aiormq's grace
+        if not await still_held(message, check_s):
+            raise DeliveryLost("the broker took the request back before its finish was sent")
+        await self._publisher_or_fail().publish_held(finish, self._hold_s(started))
+
+    def _hold_s(self, started: float) -> float:
+        """How long a start or finish may wait for the broker's confirm: ``event_hold_s``,
+        but the delivery must stay clear of the broker's consumer timeout."""
+        broker = self._settings.broker
+        hold_s = broker.event_hold_s
+        if broker.consumer_timeout_s is not None:
+            held_s = time.monotonic() - started
+            room_s = broker.consumer_timeout_s - held_s - CONSUMER_TIMEOUT_MARGIN_S
+            hold_s = min(hold_s, room_s)
+        return max(hold_s, broker.publish_timeout_s)
+
+    async def _reject(
+        self, message: AbstractIncomingMessage, exc: RejectRequest, *, from_lane: bool = False
+    ) -> None:
         log.warning(
             "request_rejected", reason=exc.reason, error=str(exc), workload_id=exc.workload_id
         )
@@ -374,15 +419,22 @@ class Worker:
             except PublishFailed as publish_error:
                 log.warning("rejection_not_published", error=str(publish_error))
         await self._dead_letter(message, exc)
-        if self._lane is not None and not self._stop.is_set():
+        # only the main consumer's rejections open the lane, and only while none runs: the
+        # lane's own leftovers after a close never reopen it
+        idle = self._claims == 0 and not self._stop.is_set()
+        if self._lane is not None and not from_lane and idle:
             self._lane.rejected()
 
     async def _give_up_or_retry(
         self, message: AbstractIncomingMessage, workload_id: str, run_id: str
     ) -> None:
-        """An unexpected error: requeue the first delivery, dead-letter a redelivered one."""
-        if not message.redelivered:
-            await _settle(message, "nack", requeue=True)
+        """An unexpected error: requeue while the broker would deliver the request again
+        (``x-delivery-limit`` returns; a hand-back by the reject lane counts as one), and on the
+        last attempt dead-letter it with the reason and an error finish."""
+        attempt = delivery_attempt(message)
+        if attempt <= self._settings.broker.delivery_limit:
+            log.warning("request_retried", reason="internal_error", attempt=attempt)
+            await settle(message, "nack", requeue=True)
             return
         finish = error_finish(
             workload_id,
@@ -394,7 +446,7 @@ class Worker:
         with contextlib.suppress(PublishFailed):
             await self._publisher_or_fail().publish(finish)
         reason = RejectRequest(
-            "internal error in the worker on the second attempt; see its log",
+            f"internal error in the worker on attempt {attempt}, the last; see its log",
             reason="internal_error",
             workload_id=workload_id,
         )
@@ -404,9 +456,9 @@ class Worker:
         """A confirmed copy with the reason in the dead-letter queue, then ack; if the copy is
         not confirmed, the broker's own dead-lettering (reject), so nothing is lost."""
         if self._dead_letters is not None and await self._dead_letters.send(message, exc):
-            await _settle(message, "ack")
+            await settle(message, "ack")
         else:
-            await _settle(message, "reject", requeue=False)
+            await settle(message, "reject", requeue=False)
 
     def _publisher_or_fail(self) -> EventPublisher:
         if self._publisher is None:
@@ -423,30 +475,9 @@ async def _close(connection: aio_pika.abc.AbstractConnection, name: str) -> None
         log.warning("connection_close_failed", connection=name, error=repr(exc))
 
 
-def _delivery_channel_closed(message: AbstractIncomingMessage) -> bool:
-    """The channel a message came on is gone: its delivery tag is void, the broker requeued it."""
-    try:
-        return message.channel.is_closed
-    except aiormq.exceptions.ChannelInvalidStateError:
-        return True
-
-
 async def _cancel_consumer(topology: Topology, tag: str) -> None:
     """Stop deliveries; a consumer the broker already dropped needs no cancel."""
     try:
         await topology.requests.cancel(tag, timeout=_CANCEL_TIMEOUT_S)
     except Exception as exc:
         log.warning("consumer_cancel_failed", error=repr(exc))
-
-
-async def _settle(message: AbstractIncomingMessage, verb: str, *, requeue: bool = False) -> None:
-    """Ack, nack or reject; a closed channel means the broker already requeued the delivery."""
-    try:
-        if verb == "ack":
-            await message.ack()
-        elif verb == "nack":
-            await message.nack(requeue=requeue)
-        else:
-            await message.reject(requeue=requeue)
-    except Exception as exc:  # channel gone: the broker requeues unacked deliveries itself
-        log.warning("settle_failed", verb=verb, error=repr(exc))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import shutil
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ from contracts import (
     error_finish,
     step_key,
 )
-from service import aggregate, datasets, fingerprint, preflight, verdict
+from service import aggregate, datasets, fingerprint, preflight, run_dirs, verdict
 from service import results as result_store
 from service.config import Settings
 from service.errors import StepFailed
@@ -87,11 +86,15 @@ def prepare(
     settings: Settings,
     topology: CpuTopology,
     run_id: str,
+    models_sha256: Mapping[str, str] | None = None,
 ) -> Workload:
-    """Check paths against the allowed roots, decide oneDNN, plan CPUs, write ``config.yaml``.
+    """Check paths against the allowed roots, decide oneDNN, plan CPUs, write ``config.yaml``
+    into a new directory of this run (:mod:`service.run_dirs`).
 
-    Reads the model files (op types): run it in a thread.
+    Reads the model files (op types; their hashes unless ``models_sha256`` has them): run it
+    in a thread.
     """
+    known_sha256 = models_sha256 or {}
     roots = settings.worker.effective_roots()
     models: dict[ModelRole, RunnerModel] = {}
     for role, spec in request.models():
@@ -101,13 +104,15 @@ def prepare(
             path=str(path),
             precision=spec.precision,
             format=format_,
-            sha256=None if format_ == "frozen_pb" else _content_sha256(path, role),
+            sha256=None
+            if format_ == "frozen_pb"
+            else known_sha256.get(role) or _content_sha256(path, role),
         )
     choice = datasets.choose(
         request, Path(models["input_model"].path), settings.worker.dataset, roots
     )
     dataset = None if choice.path is None else str(choice.path)
-    directory = workload_directory(request, settings)
+    stable = workload_directory(request, settings)
     try:
         plan = plan_instances(
             topology, request.benchmark.instances, request.benchmark.cores_per_instance
@@ -131,22 +136,33 @@ def prepare(
         inputs=list(settings_.inputs) if settings_.inputs else None,
         outputs=list(settings_.outputs) if settings_.outputs else None,
         onednn=decision.effective,
-        freeze_cache_dir=str(directory.parent.parent / FREEZE_CACHE_DIR),
+        freeze_cache_dir=str(stable.parent.parent / FREEZE_CACHE_DIR),
     )
     try:
-        if directory.exists():
-            shutil.rmtree(directory)  # fresh every run: INC appends and double-counts
-        directory.mkdir(parents=True)
+        directory = run_dirs.create_run_directory(stable, run_id, settings.worker.keep_runs)
         config.write(directory / "config.yaml")
     except OSError as exc:
         raise StepFailed(
-            "prepare", f"cannot write the workload directory {directory}: {exc.strerror}"
+            "prepare", f"cannot write the workload directory {stable}: {exc.strerror}"
         ) from None
     limits = runner_limits(settings.worker, max(len(i.cpus) for i in plan.instances))
     return Workload(
         request, run_id, directory, directory / "config.yaml", plan, config, topology,
         onednn=decision, limits=limits, dataset_source=choice.source,
     )  # fmt: skip
+
+
+def model_hashes(request: BenchmarkRequest, roots: tuple[Path, ...]) -> dict[str, str]:
+    """The SHA-256 of each model's content, by role; a model that is not allowed or cannot be
+    read is left out (its run then fails with the message that names the problem)."""
+    hashes = {}
+    for role, spec in request.models():
+        try:
+            path = require_existing(resolve_allowed(spec.path, roots, role), spec.path, role)
+            hashes[role] = str(fingerprint.hash_path(path)["sha256"])
+        except (StepFailed, OSError):
+            continue
+    return hashes
 
 
 def _content_sha256(path: Path, role: str) -> str:
@@ -158,7 +174,8 @@ def _content_sha256(path: Path, role: str) -> str:
 
 
 def workload_directory(request: BenchmarkRequest, settings: Settings) -> Path:
-    """``<workspace>/workloads/<model_name>_<id>``; the workspace must be in the allowed roots."""
+    """``<workspace>/workloads/<model_name>_<id>``, the stable path (a link to the latest run,
+    :mod:`service.run_dirs`); the workspace must be in the allowed roots."""
     workspace = resolve_allowed(
         request.workspace_path or str(settings.worker.workspace),
         settings.worker.effective_roots(),
@@ -194,7 +211,10 @@ async def run_workload(
     extra = {"run_id": run_id, **(labels or {}), **({"node": node} if node else {})}
     try:
         async with asyncio.timeout(timeout_s):
-            workload = await asyncio.to_thread(prepare, request, settings, topology, run_id)
+            known_sha256 = (labels or {}).get(result_store.MODELS_FIELD)
+            workload = await asyncio.to_thread(
+                prepare, request, settings, topology, run_id, known_sha256
+            )
             workload.pool = pool
             await emit(StartEvent(data=StartData(id=request.id, message="started", **extra)))
             tracker.current = preflight.STEP

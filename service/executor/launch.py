@@ -27,6 +27,7 @@ import structlog
 from service.config import Settings, WorkerSettings
 from service.cpulist import format_cpu_list
 from service.executor.failures import InstanceFailure, describe_exit, log_tail, summarize
+from service.executor.reaping import reap
 from service.executor.warm_pool import RunnerGone, RunnerKey, WarmPool, WarmRunner, kill_all
 from service.runner import protocol
 from service.runner.sandbox import PARENT_PID_ENV, RunnerLimits
@@ -362,7 +363,7 @@ def _kill_group(processes: list[asyncio.subprocess.Process]) -> set[int]:
 
 
 async def _reap(processes: list[asyncio.subprocess.Process]) -> None:
-    await asyncio.gather(*(p.wait() for p in processes), return_exceptions=True)
+    await reap(processes)
 
 
 def _collect(

@@ -32,6 +32,7 @@ import structlog
 from service.config import RunnersSettings
 from service.cpulist import format_cpu_list
 from service.executor.failures import describe_exit, log_tail
+from service.executor.reaping import reap
 
 log = structlog.get_logger()
 
@@ -204,7 +205,7 @@ class WarmPool:
             self._reaper.cancel()
         for runner in self.runners():
             runner.kill()
-        await asyncio.gather(*(r.process.wait() for r in self.runners()), return_exceptions=True)
+        await reap([r.process for r in self.runners()])
         self._idle.clear()
         self._busy.clear()
 
@@ -232,25 +233,25 @@ class WarmPool:
             ready = await asyncio.wait_for(_read_message(process), self._settings.start_timeout_s)
         except TimeoutError:
             runner.kill()
-            await asyncio.shield(process.wait())
+            await asyncio.shield(reap([process]))
             raise RunnerGone(
                 f"warm runner did not start within {self._settings.start_timeout_s:g} s "
                 "(runners.start_timeout_s)"
             ) from None
         except RunnerGone:
             runner.kill()
-            await asyncio.shield(process.wait())
+            await asyncio.shield(reap([process]))
             raise RunnerGone(
                 f"the runner {describe_exit(process.returncode)} while TensorFlow started"
                 f"{_tail(log_path)}"
             ) from None
         except asyncio.CancelledError:
             runner.kill()
-            await asyncio.shield(process.wait())
+            await asyncio.shield(reap([process]))
             raise
         if not ready.get("ready"):
             runner.kill()
-            await asyncio.shield(process.wait())
+            await asyncio.shield(reap([process]))
             raise RunnerGone(f"the runner could not start: {ready.get('error')}{_tail(log_path)}")
         log.info("warm_runner_started", pid=process.pid, cpus=format_cpu_list(key.cpus),
                  threads=key.threads, import_s=ready.get("import_s"))  # fmt: skip
@@ -270,8 +271,7 @@ class WarmPool:
                     del self._idle[key]
                     log.info("warm_runner_stopped", pid=runner.pid, reason="idle")
                     runner.kill()
-                    with contextlib.suppress(Exception):
-                        await runner.process.wait()
+                    await reap([runner.process])
 
 
 def _tail(log_path: Path) -> str:

@@ -221,9 +221,11 @@ async def subscribe(
 async def publish_json(
     amqp_url: str, queue_name: str, body: dict[str, Any] | bytes, **properties: Any
 ) -> None:
-    """Publish one request on a connection of its own (confirmed)."""
+    """Publish one request on a connection of its own (confirmed), with a fresh message_id
+    unless ``message_id`` is given."""
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
     properties.setdefault("content_type", "application/json")
+    properties.setdefault("message_id", uuid.uuid4().hex)  # as every real client sets one
     connection = await aio_pika.connect(amqp_url)
     async with connection:
         channel = await connection.channel()
@@ -336,7 +338,8 @@ async def running_worker(
 
 
 def workload_dir(workspace: Path, request: dict[str, Any]) -> Path:
-    """Where the worker puts this request's files (the input model's stem, then the id)."""
+    """Where the worker puts this request's files (the input model's stem, then the id): a link
+    to the latest run's own directory."""
     stem = Path(request["input_model"]["path"].rstrip("/")).stem
     return workspace / "workloads" / f"{stem}_{request['id']}"
 
@@ -352,7 +355,7 @@ async def wait_for_runner(worker: WorkerProcess, workspace: Path, request: dict[
             with contextlib.suppress(psutil.Error):
                 if request["id"] in " ".join(process.cmdline()):
                     return process  # a fresh runner: its command names the workload
-                if str(log_path) in {f.path for f in process.open_files()}:
+                if str(log_path.resolve()) in {f.path for f in process.open_files()}:
                     return process  # a warm runner: its output goes to the step's log
         return None
 

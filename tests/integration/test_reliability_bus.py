@@ -235,57 +235,6 @@ async def test_a_consumer_that_cannot_be_restored_stops_the_worker_with_an_error
     assert "consumer_missing" in [line.get("event") for line in worker.log_lines()]
 
 
-async def _redeliver_by_hand(amqp_url: str, queue: str, request: dict[str, object]) -> None:
-    """Publish ``request`` and make the broker redeliver it: take it unacked, close the channel."""
-    await publish_json(amqp_url, queue, request)
-    connection = await aio_pika.connect(amqp_url)
-    async with connection:
-        channel = await connection.channel()
-        source = await channel.declare_queue(queue, passive=True)
-        message = None
-        for _ in range(100):
-            message = await source.get(fail=False, no_ack=False)
-            if message is not None:
-                break
-            await asyncio.sleep(0.05)
-        assert message is not None and json.loads(message.body)["id"] == request["id"]
-        await channel.close()  # unacked: requeued, redelivered=true
-
-
-async def test_a_redelivered_request_with_a_stored_result_is_answered_without_rerunning(
-    worker_config: Path, amqp_url: str, names: dict[str, str], sample_dir: Path
-) -> None:
-    """A redelivery of a request already answered publishes the stored finish again (same
-    message_id and run_id, no new start); the same id with a changed body runs again."""
-    request = short_request(sample_dir)
-    changed = {**request, "benchmark": {**request["benchmark"], "warmup": 3}}
-    queue = names["requests_queue"]
-    async with subscribe(amqp_url, names["events_exchange"], request["id"]) as events:
-        async with running_worker(worker_config, amqp_url, queue):
-            await publish_json(amqp_url, queue, request)
-            first = await events.until_finish()
-        first_message = events.messages[-1]
-
-        await _redeliver_by_hand(amqp_url, queue, request)
-        async with running_worker(worker_config, amqp_url, queue) as worker:
-            again = await events.until_finish()
-            again_message = events.messages[-1]
-            await wait_for_log(worker, "request_completed", duplicate_delivery=True)
-
-        await _redeliver_by_hand(amqp_url, queue, changed)
-        async with running_worker(worker_config, amqp_url, queue):
-            rerun = await events.until_finish()
-            await events.settle(quiet_s=0.5)
-
-    starts, finishes = starts_and_finishes(events.events)
-    assert first.status == "success" and again == first
-    assert again_message.message_id == first_message.message_id == f"{first.data.run_id}.finish"
-    assert again_message.body == first_message.body
-    assert len(starts) == 2 and finishes == [first, again, rerun]
-    assert rerun.status == "success" and rerun.data.run_id == starts[1].data.run_id
-    assert rerun.data.run_id != first.data.run_id and rerun.data.attempt == 2
-
-
 def _memory_watermark() -> str:
     match = re.search(r"Memory high watermark setting: ([0-9.]+) of", rabbitmqctl("status"))
     return match.group(1) if match else "0.4"
@@ -305,10 +254,12 @@ def publishing_blocked() -> Iterator[None]:
 async def test_an_unconfirmed_finish_leaves_the_request_unacked_and_it_is_answered_later(
     worker_config: Path, amqp_url: str, names: dict[str, str], sample_dir: Path
 ) -> None:
-    """With publishing blocked by the broker, the finish is not confirmed within the publish
-    timeout: the request is requeued, not acked; once unblocked the redelivery publishes the
-    stored finish (no rerun) and the worker goes on."""
-    configure(worker_config, broker={"publish_timeout_s": 3, "delivery_limit": 10})
+    """With publishing blocked by the broker for longer than the worker holds a finish
+    (``event_hold_s``), the request is requeued, not acked; once unblocked the redelivery of that
+    same message publishes the stored finish (no rerun) and the worker goes on."""
+    configure(
+        worker_config, broker={"publish_timeout_s": 3, "event_hold_s": 4, "delivery_limit": 10}
+    )
     request = long_request(sample_dir, duration_s=3)
     async with (
         running_worker(worker_config, amqp_url, names["requests_queue"]) as worker,

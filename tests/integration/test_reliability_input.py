@@ -228,4 +228,4 @@ async def test_a_flood_of_bad_bodies_opens_the_reject_lane_and_valid_requests_st
     handed_back = [
         line["workload_id"] for line in lines if line.get("event") == "request_returned_to_queue"
     ]
-    assert len(handed_back) == len(set(handed_back)) <= 1  # at most once, never in a loop
+    assert len(handed_back) == len(set(handed_back)) <= 2  # each at most once, never a loop

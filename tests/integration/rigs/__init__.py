@@ -1,0 +1,1 @@
+"""Test rigs: helpers that put real processes and the broker into controlled situations."""
