@@ -16,6 +16,7 @@ from aio_pika.abc import (
     AbstractRobustChannel,
     AbstractRobustConnection,
 )
+from aio_pika.connection import make_url
 from yarl import URL
 
 from contracts import routing
@@ -30,13 +31,18 @@ async def connect(settings: BrokerSettings, purpose: str) -> AbstractRobustConne
     With ``failover_urls``, the first URL that answers is used, and after a lost connection
     every reconnect attempt moves on to the next URL of the cluster (:class:`_Failover`).
     """
-    urls = settings.urls()
+    # as aio_pika.connect_robust does: the settings go into each URL's query, which is what
+    # aiormq reads (a heartbeat passed any other way is silently the default 60 s)
+    urls = [
+        make_url(
+            url, heartbeat=settings.heartbeat_s, reconnect_interval=settings.reconnect_interval_s
+        )
+        for url in settings.urls()
+    ]
     last_error: Exception | None = None
     for index, url in enumerate(urls):
         connection = aio_pika.RobustConnection(
             url,
-            heartbeat=settings.heartbeat_s,
-            reconnect_interval=settings.reconnect_interval_s,
             client_properties={
                 "connection_name": f"benchmark-worker {purpose} @{socket.gethostname()}"
             },
@@ -68,10 +74,10 @@ class _Failover:
     """
 
     def __init__(
-        self, connection: aio_pika.RobustConnection, urls: list[str], index: int, interval_s: float
+        self, connection: aio_pika.RobustConnection, urls: list[URL], index: int, interval_s: float
     ) -> None:
         self._connection = connection
-        self._urls = [URL(u) for u in urls]
+        self._urls = urls
         self._index = index
         self._interval_s = interval_s
         self._task: asyncio.Task[None] | None = None
@@ -81,7 +87,8 @@ class _Failover:
         self._task = asyncio.create_task(self._while_down())
 
     def _lost(self, *_: object) -> None:
-        self._next()
+        if not getattr(self._connection, "_close_called", False):  # not our own close()
+            self._next()
 
     def _next(self) -> None:
         self._index = (self._index + 1) % len(self._urls)

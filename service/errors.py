@@ -17,10 +17,13 @@ class RejectRequest(ServiceError):
     ``workload_id`` is set when the body named a routable id, so an error finish can be sent.
     """
 
-    def __init__(self, message: str, *, reason: str, workload_id: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, reason: str, workload_id: str | None = None, step: str = "validate"
+    ) -> None:
         super().__init__(message)
         self.reason = reason
         self.workload_id = workload_id
+        self.step = step  # the step named in the error finish
 
 
 class StepFailed(ServiceError):

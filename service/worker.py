@@ -49,9 +49,10 @@ import structlog
 from aio_pika.abc import AbstractIncomingMessage
 
 from contracts import BenchmarkRequest, FinishEvent, ProgressEvent, StartEvent, error_finish
-from service import results
+from service import consumer_timeout, results
 from service.broker import Topology, connect, declare_topology, request_queue_arguments
 from service.config import CONSUMER_TIMEOUT_MARGIN_S, Settings
+from service.consumer_timeout import TimedOutDeliveries
 from service.consumer_watch import watch_consumer
 from service.dead_letters import DeadLetters
 from service.delivery import channel_closed, delivery_attempt, settle, still_held
@@ -90,6 +91,8 @@ class Worker:
         self._node = self._fleet.node
         self._stop = asyncio.Event()
         self._current: asyncio.Task[Any] | None = None
+        self._current_message: AbstractIncomingMessage | None = None
+        self._timed_out = TimedOutDeliveries()
         self._handlers: set[asyncio.Task[Any]] = set()
         self._one_at_a_time = asyncio.Lock()
         self._publisher: EventPublisher | None = None
@@ -114,6 +117,7 @@ class Worker:
         publish_connection = await connect(broker, "publish")
         try:
             consume_channel = await consume_connection.channel()
+            consume_channel.close_callbacks.add(self._consume_channel_closed)
             await consume_channel.set_qos(prefetch_count=1)
             topology: Topology = await declare_topology(consume_channel, broker)
             publish_channel = await publish_connection.channel(publisher_confirms=True)
@@ -235,7 +239,7 @@ class Worker:
         started = time.monotonic()
         try:
             async with self._one_at_a_time:
-                self._current = task
+                self._current, self._current_message = task, message
                 with structlog.contextvars.bound_contextvars(
                     delivery_tag=message.delivery_tag,
                     redelivered=message.redelivered,
@@ -251,7 +255,7 @@ class Worker:
             raise
         finally:
             if self._current is task:
-                self._current = None
+                self._current, self._current_message = None, None
             self._handlers.discard(task)
 
     async def _abandon(self, message: AbstractIncomingMessage) -> None:
@@ -275,9 +279,29 @@ class Worker:
                 await self._reject(message, exc, from_lane=from_lane)
                 return None
 
+    def _consume_channel_closed(self, _: object, exc: BaseException | None = None) -> None:
+        """The broker closed the consuming channel: say so when its consumer timeout did it,
+        and remember the delivery it ended (:mod:`service.consumer_timeout`)."""
+        if not consumer_timeout.is_consumer_timeout(exc):
+            return
+        assert exc is not None
+        reason = consumer_timeout.broker_reason(exc)
+        message = self._current_message
+        self._timed_out.add(None if message is None else message.message_id, reason)
+        log.error(
+            "consumer_timeout_fired",
+            broker_says=reason,
+            hint="the broker's consumer_timeout is below this request's run time: raise it "
+            "(ops/rabbitmq/README.md) and set broker.consumer_timeout_s to match",
+        )
+
     async def _handle(self, message: AbstractIncomingMessage, started: float) -> None:
         request = await self._decide(message)
         if request is None:
+            return
+        timed_out = self._timed_out.reason(message.message_id)
+        if timed_out is not None:  # ran before and the broker's timeout killed it
+            await self._reject(message, _consumer_timeout_rejection(request.id, timed_out))
             return
         if self._lane is not None:
             self._lane.accepted()
@@ -412,7 +436,7 @@ class Worker:
         self._fleet.request_rejected()
         if exc.workload_id is not None:
             finish = error_finish(
-                exc.workload_id, str(exc), "validate", reason=exc.reason, node=self._node
+                exc.workload_id, str(exc), exc.step, reason=exc.reason, node=self._node
             )
             try:
                 await self._publisher_or_fail().publish(finish)
@@ -464,6 +488,17 @@ class Worker:
         if self._publisher is None:
             raise PublishFailed("the worker has no publishing channel yet")
         return self._publisher
+
+
+def _consumer_timeout_rejection(workload_id: str, reason: str) -> RejectRequest:
+    return RejectRequest(
+        f"the broker's consumer timeout ended an earlier attempt of this request ({reason}); "
+        "it would end every attempt the same way, so it is not run again: raise "
+        "consumer_timeout on the broker, or make the request shorter",
+        reason="consumer_timeout",
+        workload_id=workload_id,
+        step="worker",
+    )
 
 
 async def _close(connection: aio_pika.abc.AbstractConnection, name: str) -> None:

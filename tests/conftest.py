@@ -53,7 +53,13 @@ def sample_dir(pytestconfig: pytest.Config) -> Path:
     Cached across sessions in pytest's cache, keyed by the sample code and the TensorFlow and
     INC versions; the workloads of earlier sessions are cleared.
     """
-    directory = Path(pytestconfig.cache.mkdir(f"samples-{_samples_key()}"))
+    name = f"samples-{_samples_key()}"
+    cache = getattr(pytestconfig, "cache", None)  # absent with -p no:cacheprovider
+    if cache is not None:
+        directory = Path(cache.mkdir(name))
+    else:  # where the cache plugin keeps its directories
+        directory = pytestconfig.rootpath / ".pytest_cache" / "d" / name
+        directory.mkdir(parents=True, exist_ok=True)
     if not (directory / "request.json").is_file():
         done = subprocess.run(
             [sys.executable, "-m", "service", "sample-models", str(directory)],
