@@ -225,13 +225,12 @@ async def test_a_cancel_sent_while_the_worker_reconnects_is_not_lost(
     worker_config: Path, amqp_url: str, names: dict[str, str], sample_dir: Path
 ) -> None:
     """The broker drops the worker's connections mid-benchmark and a cancel is sent before the
-    worker is back: it reaches the worker's queue all the same, and the request (requeued when
-    the connection dropped) ends cancelled instead of running to success."""
-    configure(worker_config, broker={"reconnect_interval_s": 3})
+    worker is back (it is stopped meanwhile, so it cannot reconnect first): the cancel waits in
+    the worker's queue all the same, and the request (requeued when the connection dropped)
+    ends cancelled instead of running to success."""
     request = long_request(sample_dir, duration_s=20)
     queue = names["requests_queue"]
-    settings = BrokerSettings(control_exchange=names["control_exchange"],
-                              publish_timeout_s=10)  # fmt: skip
+    settings = BrokerSettings(control_exchange=names["control_exchange"], publish_timeout_s=10)
     async with (
         subscribe(amqp_url, names["events_exchange"], request["id"]) as events,
         running_worker(worker_config, amqp_url, queue) as worker,
@@ -239,13 +238,18 @@ async def test_a_cancel_sent_while_the_worker_reconnects_is_not_lost(
         await publish_json(amqp_url, queue, request)
         await events.until_start()
         await wait_for_log(worker, "window_planned", timeout_s=120)
-        assert close_connections_of(worker.pid, "partition test")
-        connection = await aio_pika.connect(amqp_url)
-        async with connection:
-            channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-            routed = await publish_cancel(
-                channel, settings, CancelRequest(id=request["id"], reason="test")
-            )
+        worker.process.send_signal(signal.SIGSTOP)  # it cannot reconnect before the cancel
+        try:
+            assert close_connections_of(worker.pid, "partition test")
+            await asyncio.sleep(1)
+            connection = await aio_pika.connect(amqp_url)
+            async with connection:
+                channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+                routed = await publish_cancel(
+                    channel, settings, CancelRequest(id=request["id"], reason="test")
+                )
+        finally:
+            worker.process.send_signal(signal.SIGCONT)
         await wait_for_log(worker, "broker_reconnected", timeout_s=60)
         finish = await events.until_finish(timeout_s=120)
         await events.settle(quiet_s=2)
