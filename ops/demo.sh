@@ -12,7 +12,7 @@ echo "== making the sample models in $DEMO/samples"
 REQUEST=$($BW sample-models "$DEMO/samples" 2>"$DEMO/sample-models.log")
 EVENTS="$DEMO/events.jsonl"
 
-if URL=$(.venv/bin/python -m service.devbroker); then
+if URL=$(.venv/bin/python -m service.tools.devbroker); then
   export AMQP_URL="$URL"
   echo "== starting a worker (log: $DEMO/worker.log)"
   $BW run --allowed-root "$DEMO" --workspace "$DEMO/workspace" >"$DEMO/worker.log" 2>&1 &
@@ -28,5 +28,5 @@ else
 fi
 echo
 echo "== summary"
-.venv/bin/python -m service.summary "$EVENTS" || true
+.venv/bin/python -m service.tools.summary "$EVENTS" || true
 exit $status

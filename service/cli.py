@@ -17,10 +17,10 @@ import structlog
 
 from contracts import BenchmarkRequest, FinishEvent, ProgressEvent, StartEvent, error_finish
 from service.config import Settings, load_settings
+from service.consumer.intake import describe_validation_error
 from service.errors import ConfigError
 from service.executor.planner import PlanError, plan_instances
 from service.executor.topology import CpuTopology, TopologyError
-from service.intake import describe_validation_error
 from service.logs import configure_logging
 
 log = structlog.get_logger()
@@ -132,18 +132,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.verb == "sample-models":
-        from service.samples import write_sample_models  # imports TensorFlow: not in the worker
+        from service.tools.samples import (
+            write_sample_models,  # imports TensorFlow: not in the worker
+        )
 
         print(write_sample_models(args.directory, train_seconds=args.train_seconds))
         return EXIT_OK
     if args.verb == "schema":
-        from service.asyncapi import write_schemas
+        from service.tools.asyncapi import write_schemas
 
         for path in write_schemas(args.directory):
             print(path)
         return EXIT_OK
     if args.verb == "report":
-        from service.report import write_report
+        from service.tools.report import write_report
 
         print(write_report(args.path, args.output))
         return EXIT_OK
@@ -161,17 +163,17 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.verb == "bench":
         return _bench_file(args.request, settings)
     if args.verb == "check":
-        from service.fleet import heartbeat_path
-        from service.health import run_check
+        from service.fleet.health import run_check
+        from service.fleet.member import heartbeat_path
 
         path = heartbeat_path(settings, _topology(settings).cpu_ids)
         return run_check(path, settings.health.stale_after_s)
     if args.verb == "cancel":
-        from service.control import send_cancel
+        from service.fleet.control import send_cancel
 
         return asyncio.run(send_cancel(settings.broker, args.workload_id, args.reason))
     if args.verb == "submit":
-        from service.submit import submit
+        from service.tools.submit import submit
 
         request = read_request(args.request)
         return asyncio.run(submit(request, settings, args.wait, args.timeout, args.json))
@@ -193,7 +195,7 @@ def read_request(path: Path) -> BenchmarkRequest:
 
 
 async def _run(settings: Settings) -> int:
-    from service.worker import Worker
+    from service.consumer.worker import Worker
 
     worker = Worker(settings, _topology(settings))
     loop = asyncio.get_running_loop()
@@ -211,8 +213,8 @@ def _print_event(event: StartEvent | ProgressEvent | FinishEvent) -> None:
 def _bench_file(path: Path, settings: Settings) -> int:
     """``bench``: an unreadable file is a usage error (2); a request the worker would reject
     is an error finish at step ``validate`` (exit 1), as over the broker."""
+    from service.consumer.intake import decode_request
     from service.errors import RejectRequest
-    from service.intake import decode_request
 
     try:
         body = path.read_bytes()
@@ -232,7 +234,7 @@ def _bench_file(path: Path, settings: Settings) -> int:
 
 
 async def _bench(request: BenchmarkRequest, settings: Settings) -> int:
-    from service.workload import run_workload
+    from service.engine.workload import run_workload
 
     async def emit(event: StartEvent | ProgressEvent) -> None:
         _print_event(event)

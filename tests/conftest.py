@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from service.devbroker import NoBrokerError, find_broker
+from service.tools.devbroker import NoBrokerError, find_broker
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,7 +32,7 @@ def amqp_url() -> Iterator[str]:
     handle.stop()
 
 
-SAMPLE_SOURCES = ("service/samples.py", "service/runner/loading.py")
+SAMPLE_SOURCES = ("service/tools/samples.py", "service/runner/loading.py")
 
 
 def _samples_key() -> str:

@@ -20,8 +20,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from ops.perf._common import sample_models
-from service.aggregate import summarize_performance
 from service.executor.launch import InstanceLaunch, run_instances, runner_argv
+from service.figures.aggregate import summarize_performance
 from service.logs import configure_logging
 from service.runner.protocol import RunnerConfig, RunnerModel
 

@@ -26,10 +26,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from service.aggregate import summarize_performance
 from service.cpulist import format_cpu_list
 from service.executor.launch import InstanceLaunch, run_instances, runner_argv
-from service.fingerprint import hash_path
+from service.figures.aggregate import summarize_performance
+from service.figures.fingerprint import hash_path
 from service.logs import configure_logging
 from service.runner.protocol import RunnerConfig, RunnerModel
 

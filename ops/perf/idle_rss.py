@@ -24,7 +24,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from ops.perf._common import REPO
-from service.devbroker import find_broker
+from service.tools.devbroker import find_broker
 
 
 def main() -> int:

@@ -23,7 +23,7 @@ what is left is the bookkeeping's own cost per call, in ns, which it sets agains
 real call. That figure barely depends on the neighbours.
 
 Then the worker-side cost, which adds to a request's wall time but not to its window: hashing
-the models and reading the machine (:class:`service.signoff.SignOff`), and the statistics of
+the models and reading the machine (:class:`service.engine.signoff.SignOff`), and the statistics of
 one step (percentiles, bootstrap) on the runner rounds' timings.
 """
 
@@ -203,8 +203,8 @@ def noop_costs(
 
 def worker_side(samples: Path, perfs: list[PerformanceResult], batch_size: int) -> None:
     """Wall time of the worker's own bookkeeping for one request / one step."""
-    from service import aggregate
-    from service.signoff import SignOff
+    from service.engine.signoff import SignOff
+    from service.figures import aggregate
 
     config = RunnerConfig(
         id="overhead",

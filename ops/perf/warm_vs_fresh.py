@@ -23,7 +23,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from ops.perf._common import sample_models
-from service.aggregate import summarize_performance
 from service.config import Settings
 from service.executor.launch import (
     InstanceLaunch,
@@ -33,6 +32,7 @@ from service.executor.launch import (
     runner_argv,
 )
 from service.executor.warm_pool import WarmPool
+from service.figures.aggregate import summarize_performance
 from service.logs import configure_logging
 from service.runner.protocol import RunnerConfig, RunnerModel
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from service.onednn import ENV_VARIABLE
+from service.engine.onednn import ENV_VARIABLE
 from service.runner.pinning import StepError
 
 STEP = "import_tensorflow"

@@ -19,7 +19,7 @@ import pytest
 
 from contracts import FinishEvent, parse_event
 from service.cli import main
-from service.summary import comparison_rows
+from service.tools.summary import comparison_rows
 from tests.conftest import REPO, worker_environment
 from tests.integration.clients import short_request
 

@@ -2,7 +2,8 @@
 
 Each worker has the cluster's three URLs (``broker.url`` and ``broker.failover_urls``, in a
 different order for each). The test's own publisher and subscriber use the worker's failover
-connection (:func:`service.broker.connect`) too, and the subscriber reads a durable quorum queue,
+connection (:func:`service.consumer.broker.connect`) too, and the subscriber reads a durable
+quorum queue,
 so neither loses anything while a node is down. Over a backlog of short requests, the node
 holding the requests queue's quorum leader is stopped cleanly and started again, twice; then
 (``NO_QUORUM_AT``) the leader's node and a second one are stopped together, leaving one node of
@@ -38,8 +39,8 @@ from aio_pika.abc import (
 from pamqp.commands import Basic
 
 from contracts import FinishEvent, parse_event, routing
-from service.broker import connect
 from service.config import BrokerSettings
+from service.consumer.broker import connect
 from tests.integration.bus import WorkerProcess, wait_for_consumer
 from tests.integration.fleet import fleet_config
 from tests.integration.reliability import configure, running_worker, short_request

@@ -15,7 +15,7 @@ import pytest
 
 from contracts import CANCELLED_MESSAGE, CancelRequest, FinishEvent, StartEvent
 from service.config import BrokerSettings
-from service.control import publish_cancel
+from service.fleet.control import publish_cancel
 from tests.integration.fleet import fleet_config
 from tests.integration.reliability import (
     close_connections_of,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from service.stats import percentile_floor
+from service.figures.stats import percentile_floor
 
 pytestmark = pytest.mark.tensorflow
 

@@ -330,7 +330,7 @@ def test_result_file_is_never_half_written_on_a_full_disk(tmp_path: Path) -> Non
     if not is_root():
         pytest.skip("a tmpfs mount needs root")
     from contracts import error_finish
-    from service.results import RESULT_FILE, write_result
+    from service.engine.results import RESULT_FILE, write_result
 
     with tmpfs(tmp_path / "disk", "64k") as disk:
         previous = error_finish("job-1", "the previous result", "validate")

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service import aggregate, verdict
+from service.figures import aggregate, verdict
 from tests.tensorflow.test_runner import run_runner, write_config
 
 pytestmark = pytest.mark.tensorflow

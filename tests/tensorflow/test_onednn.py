@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from service import graph_ops
+from service.engine import graph_ops
 from service.runner.protocol import PreflightResult, RunnerConfig, RunnerModel, RunnerResult
 from tests.tensorflow.test_runner import REPO, RUNNER_TIMEOUT_S, runner_argv
 

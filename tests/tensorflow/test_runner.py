@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service import samples as samples_module
 from service.cpulist import format_cpu_list, parse_cpu_list
 from service.runner.protocol import (
     GO_FILE,
@@ -23,6 +22,7 @@ from service.runner.protocol import (
     RunnerModel,
     RunnerResult,
 )
+from service.tools import samples as samples_module
 
 pytestmark = pytest.mark.tensorflow
 

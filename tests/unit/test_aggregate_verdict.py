@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service import aggregate, verdict
+from service.figures import aggregate, verdict
 from service.runner.protocol import CpuWindow, PerformanceResult, RunnerResult
 
 

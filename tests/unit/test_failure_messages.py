@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from service.engine.paths import model_format
 from service.errors import StepFailed
 from service.executor.failures import InstanceFailure, log_tail, summarize
-from service.paths import model_format
 
 CAUSE = "prepare_inputs failed: input 'x:0' has a fixed batch dimension of 1, not 2"
 MESSAGE_LIMIT_CHARS = 600

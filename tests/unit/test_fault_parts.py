@@ -1,6 +1,6 @@
 """The pieces behind the second round of faults (issue 13), without a broker: run directories,
-the result store's key, the bounded reaping of killed runners, the retry policy on a fake
-delivery, and the memory of consumer timeouts."""
+the result store's key, the bounded reaping of killed runners and the memory of consumer
+timeouts (the retry policy is a row of tests/unit/test_outcomes.py)."""
 
 from __future__ import annotations
 
@@ -14,12 +14,9 @@ import aiormq
 import pytest
 
 from contracts import FinishEvent, ResultData, error_finish
-from service import results, run_dirs
-from service.config import Settings
-from service.consumer_timeout import TimedOutDeliveries, broker_reason, is_consumer_timeout
+from service.consumer.consumer_timeout import TimedOutDeliveries, broker_reason, is_consumer_timeout
+from service.engine import results, run_dirs
 from service.executor.reaping import reap
-from service.executor.topology import CpuTopology
-from service.worker import Worker
 
 # -- run directories ---------------------------------------------------------------------------
 
@@ -133,55 +130,6 @@ async def test_runners_that_end_are_reaped_at_once() -> None:
     process.kill()
     assert await reap([process], timeout_s=5) == []
     assert process.returncode is not None
-
-
-# -- the retry policy on a fake delivery -------------------------------------------------------
-
-
-class FakeDelivery:
-    """What the worker reads of an aio-pika delivery, and what it did with it."""
-
-    def __init__(self, delivery_count: int | None, message_id: str = "m-1") -> None:
-        self.headers = {} if delivery_count is None else {"x-delivery-count": delivery_count}
-        self.redelivered = bool(delivery_count)
-        self.message_id = message_id
-        self.body = b"{}"
-        self.delivery_tag = 1
-        self.settled: list[tuple[str, bool]] = []
-
-    async def nack(self, requeue: bool = True) -> None:
-        self.settled.append(("nack", requeue))
-
-    async def ack(self) -> None:
-        self.settled.append(("ack", False))
-
-    async def reject(self, requeue: bool = False) -> None:
-        self.settled.append(("reject", requeue))
-
-
-@pytest.fixture
-def worker(tmp_path: Path) -> Worker:
-    settings = Settings.model_validate(
-        {"worker": {"workspace": str(tmp_path)}, "broker": {"delivery_limit": 3}}
-    )
-    return Worker(settings, CpuTopology.from_system())
-
-
-@pytest.mark.parametrize(
-    ("delivery_count", "expected"),
-    [
-        (None, [("nack", True)]),  # first delivery
-        (1, [("nack", True)]),  # handed back once by the reject lane: still retried
-        (2, [("nack", True)]),
-        (3, [("reject", False)]),  # the last delivery the broker allows: dead-lettered here
-    ],
-)
-async def test_an_internal_error_is_retried_while_the_delivery_limit_allows(
-    worker: Worker, delivery_count: int | None, expected: list[tuple[str, bool]]
-) -> None:
-    delivery = FakeDelivery(delivery_count)
-    await worker._give_up_or_retry(delivery, "w", "run1")  # type: ignore[arg-type]
-    assert delivery.settled == expected  # no dead-letter exchange yet: reject is the fallback
 
 
 # -- consumer timeouts --------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import asyncio
 import hashlib
 from pathlib import Path
 
-from service import fingerprint
+from service.figures import fingerprint
 
 
 def test_a_file_hash_is_its_sha256(tmp_path: Path) -> None:

@@ -14,11 +14,11 @@ import pytest
 
 from contracts import parse_node_status
 from service.config import Settings
-from service.control import CancelledIds, cancel_from_message
-from service.fleet import heartbeat_path
-from service.health import check_heartbeat, write_heartbeat
-from service.node import NodeIdentity, cpu_model, default_worker_id
-from service.node_status import NodeActivity
+from service.fleet.control import CancelledIds, cancel_from_message
+from service.fleet.health import check_heartbeat, write_heartbeat
+from service.fleet.member import heartbeat_path
+from service.fleet.node import NodeIdentity, cpu_model, default_worker_id
+from service.fleet.node_status import NodeActivity
 
 
 class FakeClock:

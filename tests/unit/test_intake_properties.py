@@ -24,8 +24,8 @@ from hypothesis import strategies as st
 from hypothesis_jsonschema import from_schema
 
 from contracts import BenchmarkRequest
+from service.consumer.intake import decide
 from service.errors import RejectRequest
-from service.intake import decide
 
 SCHEMA = json.loads(
     (

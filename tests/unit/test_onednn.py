@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from service import fingerprint, graph_ops, onednn
-from service.graph_ops import _field
+from service.engine import graph_ops, onednn
+from service.engine.graph_ops import _field
+from service.figures import fingerprint
 
 INT8_OPS = {"QuantizeV2", "QuantizedConv2DWithBiasAndReluAndRequantize", "Dequantize"}
 AVX2 = {"fpu", "sse4_2", "avx", "avx2", "fma"}

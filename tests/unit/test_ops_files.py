@@ -17,10 +17,10 @@ from urllib.parse import urlparse
 import pytest
 import yaml
 
-from service.broker import declare_topology
 from service.config import CONSUMER_TIMEOUT_MARGIN_S, BrokerSettings, Settings, load_settings
-from service.control import declare_control_exchange
+from service.consumer.broker import declare_topology
 from service.cpulist import parse_cpu_list
+from service.fleet.control import declare_control_exchange
 
 REPO = Path(__file__).resolve().parents[2]
 OPS = REPO / "ops"

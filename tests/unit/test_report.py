@@ -14,7 +14,7 @@ import pytest
 
 from contracts import FinishEvent
 from service.cli import main
-from service.report import latency_points, render_report
+from service.tools.report import latency_points, render_report
 
 # A real result.json of the sample pair (written by `bench`; paths shortened).
 RESULT = Path(__file__).parent / "data" / "result.json"
@@ -202,7 +202,7 @@ def test_summary_docstring_example_runs() -> None:
     """The comparison rows' documented example (shared by terminal, HTML and text) holds."""
     import doctest
 
-    import service.summary
+    import service.tools.summary
 
-    result = doctest.testmod(service.summary)
+    result = doctest.testmod(service.tools.summary)
     assert result.attempted > 0 and result.failed == 0

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service import samples
+from service.tools import samples
 
 
 def test_without_inc_quantization_is_skipped_with_the_install_hint(

@@ -25,7 +25,7 @@ from contracts import (
     REQUESTS_QUEUE,
     request_queue_arguments,
 )
-from service.asyncapi import ASYNCAPI_FILE, asyncapi_document, json_schemas, render
+from service.tools.asyncapi import ASYNCAPI_FILE, asyncapi_document, json_schemas, render
 from tests.conftest import REPO
 
 SCHEMAS = REPO / "contracts" / "schemas"

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from service import stats
+from service.figures import stats
 
 Z95 = 1.959964
 

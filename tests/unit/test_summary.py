@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from contracts import FinishEvent, error_finish
-from service.summary import summary_table
+from service.tools.summary import summary_table
 
 
 def finish(**extra: object) -> FinishEvent:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from contracts import BenchmarkRequest
-from service import aggregate, verdict
+from service.engine.window_plan import plan_window, settings_fix
+from service.figures import aggregate, verdict
 from service.runner.runlength import RunLength
-from service.window_plan import plan_window, settings_fix
 from tests.unit.test_aggregate_verdict import codes, instance, steady
 
 PERCENTILES = aggregate.PERCENTILES

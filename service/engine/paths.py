@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import StepFailed
+from service.errors import StepFailed
 
 VALIDATE_STEP = "validate"
 

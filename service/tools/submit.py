@@ -30,7 +30,7 @@ from rich.text import Text
 from contracts import AnyEvent, BenchmarkRequest, FinishEvent, ProgressEvent, StartEvent
 from contracts.client import BenchmarkClient
 from service.config import Settings
-from service.summary import ROLE_LABELS, comparison_rows, step_figures
+from service.tools.summary import ROLE_LABELS, comparison_rows, step_figures
 
 log = structlog.get_logger()
 
@@ -196,7 +196,7 @@ def _step_headline(data: dict[str, Any], done: int, steps: list[str]) -> str:
 
 
 def comparison_table(data: dict[str, Any]) -> Table:
-    """The rich table of :func:`service.summary.comparison_rows`: input versus optimized."""
+    """The rich table of :func:`service.tools.summary.comparison_rows`: input versus optimized."""
     table = Table(title=f"{data.get('id')}: input versus optimized", title_justify="left")
     table.add_column("")
     table.add_column(ROLE_LABELS["input_model"], justify="right")

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from contracts import BenchmarkRequest
+from service.engine.paths import require_existing, resolve_allowed
 from service.errors import StepFailed
-from service.paths import require_existing, resolve_allowed
 
 STEP = "prepare"
 CONVENTION_NAME = "eval.npz"

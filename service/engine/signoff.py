@@ -3,7 +3,8 @@
 Before the first step: the machine facts and each model's SHA-256 (hashed in a thread). After
 each step: its figures with their verdict and costs, then the run's ``fingerprint`` and
 overall ``verdict``. At the end: the speedup's confidence interval. The workload calls these;
-the numbers come from :mod:`service.aggregate`, the judgement from :mod:`service.verdict`.
+the numbers come from :mod:`service.figures.aggregate`, the judgement from
+:mod:`service.figures.verdict`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from service import aggregate, fingerprint, verdict
+from service.figures import aggregate, fingerprint, verdict
 from service.runner.protocol import RunnerConfig, RunnerResult
 
 

@@ -6,9 +6,9 @@ instance was running through all of it. Aggregate throughput = samples completed
 instances inside the window / the window's length.
 
 Latency figures are over every timed batch of every instance (per-batch latency, ms).
-Percentiles by nearest rank, each with its sample count and floor (:mod:`service.stats`).
+Percentiles by nearest rank, each with its sample count and floor (:mod:`service.figures.stats`).
 
-Confidence intervals (95%, bootstrap, :mod:`service.stats`):
+Confidence intervals (95%, bootstrap, :mod:`service.figures.stats`):
 
 * throughput: each instance's inter-completion intervals inside the common window (time from
   the window start to its first completion, then between completions) are resampled in
@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from service import stats
+from service.figures import stats
 from service.runner.protocol import PerformanceResult, RunnerResult
 
 PERCENTILES = (50.0, 90.0, 99.0, 99.9)

@@ -3,7 +3,7 @@
 One place decides which figures are compared and how they are formatted, so the terminal table,
 the HTML report and the plain-text summary always agree.
 
-``python -m service.summary EVENTS.jsonl`` prints the table for the last finish in the file.
+``python -m service.tools.summary EVENTS.jsonl`` prints the table for the last finish in the file.
 
 >>> data = {"perf_throughput_input_model": 100.0, "perf_throughput_optimized_model": 250.0,
 ...         "speedup": 2.5, "acc_input_model": 0.75, "acc_optimized_model": 0.7488,

@@ -180,7 +180,7 @@ async def publish_cancel(
 
 async def send_cancel(settings: BrokerSettings, workload_id: str, reason: str | None) -> int:
     """``benchmark-worker cancel ID``: exit 0 when at least one worker's queue got it, else 1."""
-    from service.broker import connect
+    from service.consumer.broker import connect
 
     cancel = CancelRequest(id=workload_id, reason=reason)
     connection = await connect(settings, "cancel")

@@ -2,7 +2,7 @@
 
 Order: ``AMQP_URL``; a broker already listening on localhost:5672; a throw-away container via
 testcontainers where a Docker engine answers; a local ``rabbitmq-server`` started detached;
-otherwise an error that says how to get one. ``python -m service.devbroker`` prints the URL.
+otherwise an error that says how to get one. ``python -m service.tools.devbroker`` prints the URL.
 """
 
 from __future__ import annotations

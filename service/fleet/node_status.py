@@ -22,7 +22,7 @@ from aio_pika.abc import AbstractExchange
 
 from contracts import NodeIdentity as IdentityContract
 from contracts import NodeState, NodeStatus, NodeStatusData, OutcomeCounts
-from service.node import NodeIdentity
+from service.fleet.node import NodeIdentity
 
 log = structlog.get_logger()
 

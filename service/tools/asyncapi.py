@@ -70,7 +70,7 @@ class _Message:
         return f"{self.amqp_type}.schema.json"
 
 
-RECORDED_RUN = Path(__file__).resolve().parents[1] / "contracts/schemas/examples/recorded_run.json"
+RECORDED_RUN = Path(__file__).resolve().parents[2] / "contracts/schemas/examples/recorded_run.json"
 
 
 def _examples() -> dict[str, list[Any]]:

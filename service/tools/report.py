@@ -20,8 +20,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from contracts import FinishEvent
-from service.run_dirs import RESULT_FILE
-from service.summary import ROLE_LABELS, ROLES, comparison_rows, step_figures
+from service.engine.run_dirs import RESULT_FILE
+from service.tools.summary import ROLE_LABELS, ROLES, comparison_rows, step_figures
 
 REPORT_FILE = "report.html"
 COLORS = {"input_model": "#3b6ea8", "optimized_model": "#e07b24"}

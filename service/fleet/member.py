@@ -29,13 +29,13 @@ from contracts import (
     error_finish,
 )
 from service.config import Settings
-from service.control import CancelledIds, ControlListener
+from service.engine.workload import Emit
 from service.executor.warm_pool import WarmPool
-from service.health import Heartbeat, default_heartbeat_file
-from service.metrics import Metrics
-from service.node import NodeIdentity
-from service.node_status import NodeActivity, NodeStatusPublisher
-from service.workload import Emit
+from service.fleet.control import CancelledIds, ControlListener
+from service.fleet.health import Heartbeat, default_heartbeat_file
+from service.fleet.metrics import Metrics
+from service.fleet.node import NodeIdentity
+from service.fleet.node_status import NodeActivity, NodeStatusPublisher
 
 log = structlog.get_logger()
 

@@ -1,7 +1,7 @@
 """Before any timing: decide the request's oneDNN setting, then prove every model runs under it.
 
 The decision is made here, in the worker, from the models' op types read without TensorFlow
-(:mod:`service.graph_ops`) and the CPU's flags. The proof runs in one child process
+(:mod:`service.engine.graph_ops`) and the CPU's flags. The proof runs in one child process
 (:mod:`service.runner.preflight`): it loads each model under that setting and makes one call
 on a tiny input. Any failure ends the request at step ``prepare`` with the op and the fix,
 before a single runner has measured anything.
@@ -16,12 +16,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from service import fingerprint, graph_ops, onednn
 from service.cpulist import format_cpu_list
+from service.engine import graph_ops, onednn
 from service.errors import StepFailed
 from service.executor.failures import describe_exit, log_tail
 from service.executor.launch import InstanceLaunch, run_process, run_warm_process
 from service.executor.warm_pool import RunnerGone, WarmPool
+from service.figures import fingerprint
 from service.runner.protocol import PreflightResult, RunnerModel
 from service.runner.sandbox import RunnerLimits
 

@@ -1,6 +1,6 @@
 """Sample models to try the worker with: a small trained CNN, and its INC int8 version.
 
-    python -m service.samples DIR
+    python -m service.tools.samples DIR
 
 writes into DIR:
 
@@ -277,7 +277,7 @@ def _write_request(out_dir: Path, *, with_int8: bool) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m service.samples", description="Write the sample models into DIR."
+        prog="python -m service.tools.samples", description="Write the sample models into DIR."
     )
     parser.add_argument("directory", type=Path)
     parser.add_argument("--train-seconds", type=float, default=5.0)

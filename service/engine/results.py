@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from contracts import BenchmarkRequest, FinishEvent
-from service.run_dirs import RESULT_FILE, run_directories
+from service.engine.run_dirs import RESULT_FILE, run_directories
 
 DIGEST_FIELD = "request_sha256"
 MESSAGE_ID_FIELD = "request_message_id"

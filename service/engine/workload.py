@@ -28,9 +28,13 @@ from contracts import (
     error_finish,
     step_key,
 )
-from service import aggregate, datasets, fingerprint, preflight, run_dirs, verdict
-from service import results as result_store
 from service.config import Settings
+from service.engine import datasets, preflight, run_dirs
+from service.engine import results as result_store
+from service.engine.onednn import OneDnnDecision
+from service.engine.paths import VALIDATE_STEP, model_format, require_existing, resolve_allowed
+from service.engine.signoff import SignOff
+from service.engine.window_plan import WindowPlan, plan_window
 from service.errors import StepFailed
 from service.executor.launch import (
     BENCHMARK_SCRIPT,
@@ -45,12 +49,9 @@ from service.executor.memory import memory_binding
 from service.executor.planner import InstancePlan, Plan, PlanError, accuracy_plan, plan_instances
 from service.executor.topology import CpuTopology
 from service.executor.warm_pool import WarmPool
-from service.onednn import OneDnnDecision
-from service.paths import VALIDATE_STEP, model_format, require_existing, resolve_allowed
+from service.figures import aggregate, fingerprint, verdict
 from service.runner.protocol import RunnerConfig, RunnerModel
 from service.runner.sandbox import RunnerLimits
-from service.signoff import SignOff
-from service.window_plan import WindowPlan, plan_window
 
 log = structlog.get_logger()
 
@@ -89,7 +90,7 @@ def prepare(
     models_sha256: Mapping[str, str] | None = None,
 ) -> Workload:
     """Check paths against the allowed roots, decide oneDNN, plan CPUs, write ``config.yaml``
-    into a new directory of this run (:mod:`service.run_dirs`).
+    into a new directory of this run (:mod:`service.engine.run_dirs`).
 
     Reads the model files (op types; their hashes unless ``models_sha256`` has them): run it
     in a thread.
@@ -175,7 +176,7 @@ def _content_sha256(path: Path, role: str) -> str:
 
 def workload_directory(request: BenchmarkRequest, settings: Settings) -> Path:
     """``<workspace>/workloads/<model_name>_<id>``, the stable path (a link to the latest run,
-    :mod:`service.run_dirs`); the workspace must be in the allowed roots."""
+    :mod:`service.engine.run_dirs`); the workspace must be in the allowed roots."""
     workspace = resolve_allowed(
         request.workspace_path or str(settings.worker.workspace),
         settings.worker.effective_roots(),

@@ -1,6 +1,7 @@
 """Whether a step's figures can be signed: ``valid`` or ``invalid``, with reasons.
 
-Pure functions over the figures :mod:`service.aggregate` produces (plain dicts, as published).
+Pure functions over the figures :mod:`service.figures.aggregate` produces (plain dicts, as
+published).
 A *reason* makes the result invalid: the figure is wrong or not comparable (too few samples,
 foreign CPU load, steal, throttling, a pinning mismatch, steps run under different runtime
 settings). A *warning* is worth knowing but does not: latency spread and wide intervals are
@@ -14,8 +15,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from service import window_plan
 from service.cpulist import format_cpu_list
+from service.engine import window_plan
 from service.runner.runlength import RunLength
 
 VALID, INVALID = "valid", "invalid"

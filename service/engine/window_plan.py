@@ -4,7 +4,7 @@ Every instance warms up, then waits at the barrier. Its warmup's mean call time 
 window under the run-length rule (:mod:`service.runner.runlength`): ``iterations`` calls, or
 ``duration_s`` and ``min_iterations`` both met, or ``max_duration_s`` first. The plan says
 how long the window will be, which setting ends it, and which latency percentiles it will not
-back with enough samples (their floors, :func:`service.stats.percentile_floor`, count the
+back with enough samples (their floors, :func:`service.figures.stats.percentile_floor`, count the
 batch latencies of all instances together), with the setting that would reach them. The same
 arithmetic gives the verdict's hints after the run (:func:`calls_needed`, :func:`cap_hint`).
 """
@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from service.figures.stats import percentile_floor
 from service.runner.runlength import RunLength
-from service.stats import percentile_floor
 
 ENDS_BY = ("iterations", "duration_s", "min_iterations", "max_duration_s")
 _CAP_MARGIN = 1.1  # a suggested cap leaves room for calls slower than the warmup's

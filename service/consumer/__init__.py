@@ -1,0 +1,1 @@
+"""The consumer: one delivery from the broker to its ack (decision, run, answer)."""

@@ -1,0 +1,1 @@
+"""The workload engine: one request, no broker (paths, plan, runs, results)."""

@@ -1,0 +1,1 @@
+"""The figures: pure numbers (statistics, aggregation, verdict, fingerprint)."""

@@ -1,0 +1,1 @@
+"""The fleet: this worker as one node (identity, status, cancel, health, metrics)."""

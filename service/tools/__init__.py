@@ -1,0 +1,1 @@
+"""User tools: submit, summary, report, AsyncAPI, sample models, a dev broker."""
