@@ -18,7 +18,7 @@ section), so publishers and subscribers take them as parameters too.
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Any, Literal
 
 REQUESTS_QUEUE = "benchmark.requests"
 """Durable quorum queue the worker consumes requests from."""
@@ -120,7 +120,7 @@ def node_status_routing_key(node_id: str) -> str:
 def request_queue_arguments(
     dead_letter_exchange: str = DEAD_LETTER_EXCHANGE,
     delivery_limit: int = DEFAULT_DELIVERY_LIMIT,
-) -> dict[str, object]:
+) -> dict[str, Any]:
     """The arguments the requests queue is declared with; the worker and clients both use them.
 
     RabbitMQ refuses to redeclare a queue with different arguments, so there is one builder.

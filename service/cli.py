@@ -169,9 +169,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         path = heartbeat_path(settings, _topology(settings).cpu_ids)
         return run_check(path, settings.health.stale_after_s)
     if args.verb == "cancel":
-        from service.fleet.control import send_cancel
+        from service.tools.submit import send_cancel
 
-        return asyncio.run(send_cancel(settings.broker, args.workload_id, args.reason))
+        return asyncio.run(send_cancel(settings, args.workload_id, args.reason))
     if args.verb == "submit":
         from service.tools.submit import submit
 

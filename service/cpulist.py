@@ -5,6 +5,8 @@ No TensorFlow here: the worker and the runner both use it.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 
 def parse_cpu_list(text: str) -> list[int]:
     """Parse ``"0-3,8"`` into ``[0, 1, 2, 3, 8]`` (sorted, without duplicates).
@@ -32,7 +34,7 @@ def _parse_part(part: str, text: str) -> range:
     return range(low, high + 1)
 
 
-def format_cpu_list(cpus: list[int] | tuple[int, ...] | set[int]) -> str:
+def format_cpu_list(cpus: Iterable[int]) -> str:
     """Format cpus as a compact list: ``[0, 1, 2, 3, 8]`` -> ``"0-3,8"``."""
     ordered = sorted(set(cpus))
     parts: list[str] = []

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import socket
 from dataclasses import dataclass
+from typing import Any
 
 import aio_pika
 import aiormq
@@ -113,7 +114,7 @@ class Topology:
     events: AbstractExchange
 
 
-def request_queue_arguments(settings: BrokerSettings) -> dict[str, object]:
+def request_queue_arguments(settings: BrokerSettings) -> dict[str, Any]:
     """The requests queue's arguments, from the one builder clients use too (contracts.routing)."""
     return routing.request_queue_arguments(settings.dead_letter_exchange, settings.delivery_limit)
 

@@ -41,7 +41,8 @@ async def consumer_state(
         return ConsumerState.RECONNECTING
     if underlay.is_closed:
         return ConsumerState.RECONNECTING
-    return ConsumerState.ALIVE if consumer_tag in underlay.consumers else ConsumerState.MISSING
+    consumers = getattr(underlay, "consumers", {})  # aiormq's Channel; not in its abstract type
+    return ConsumerState.ALIVE if consumer_tag in consumers else ConsumerState.MISSING
 
 
 async def watch_consumer(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from service.errors import StepFailed
+from service.runner.protocol import ModelFormat
 
 VALIDATE_STEP = "validate"
 
@@ -38,7 +39,7 @@ def _inside_saved_model(path: Path) -> bool:
     )
 
 
-def model_format(path: Path, raw: str) -> str:
+def model_format(path: Path, raw: str) -> ModelFormat:
     """``frozen_pb``, ``saved_model`` or ``keras``, from what is at ``path``."""
     if path.is_dir():
         if (path / "saved_model.pb").is_file() or (path / "saved_model.pbtxt").is_file():

@@ -48,7 +48,7 @@ def model_op_types(models: Mapping[str, RunnerModel]) -> dict[str, set[str] | No
 
 
 def decide(
-    requested: onednn.OneDnnSetting, models: Mapping[str, RunnerModel]
+    requested: onednn.OneDnnSetting, models: Mapping[Any, RunnerModel]
 ) -> onednn.OneDnnDecision:
     """The request's effective oneDNN setting; ``off`` with int8 ops fails at ``prepare``."""
     flags = fingerprint.cpu_flags(fingerprint.read_cpuinfo())

@@ -16,16 +16,14 @@ The store is the workspace: across nodes, deduplication needs a shared workspace
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import os
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from contracts import BenchmarkRequest, FinishEvent
+from service.atomic import write_atomic
 from service.engine.run_dirs import RESULT_FILE, run_directories
 
 DIGEST_FIELD = "request_sha256"
@@ -68,37 +66,9 @@ def request_digest(request: BenchmarkRequest) -> str:
     return hashlib.sha256(request.model_dump_json().encode()).hexdigest()
 
 
-def write_atomic(target: Path, data: bytes) -> None:
-    """Write to a temporary file beside ``target``, fsync, rename: never half-written.
-
-    On any error (disk full, read-only) the temporary file is removed and the error raised.
-    """
-    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with tmp.open("wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        tmp.replace(target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    _fsync_directory(target.parent)
-
-
-def _fsync_directory(directory: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def write_result(directory: Path, finish: FinishEvent) -> Path:
     target = directory / RESULT_FILE
-    write_atomic(target, finish.model_dump_json(indent=2, exclude_none=True).encode())
+    write_atomic(target, finish.model_dump_json(indent=2, exclude_none=True), durable=True)
     return target
 
 

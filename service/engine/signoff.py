@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from service.figures import aggregate, fingerprint, verdict
+from service.figures import aggregate, fingerprint, stats, verdict
 from service.runner.protocol import RunnerConfig, RunnerResult
 
 
@@ -66,7 +66,7 @@ class SignOff:
             aggregate.summarize_performance,
             results,
             self.batch_size,
-            aggregate.ROLE_SEEDS.get(role, aggregate.stats.BOOTSTRAP_SEED),
+            aggregate.ROLE_SEEDS.get(role, stats.BOOTSTRAP_SEED),
         )
         figures["costs"]["model_size_bytes"] = self._model_size(role)
         figures["run_length"] = self.run_length

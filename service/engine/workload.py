@@ -56,7 +56,7 @@ from service.runner.sandbox import RunnerLimits
 log = structlog.get_logger()
 
 Emit = Callable[[StartEvent | ProgressEvent], Awaitable[None]]
-RESULT_FILE = result_store.RESULT_FILE
+RESULT_FILE = run_dirs.RESULT_FILE
 FREEZE_CACHE_DIR = "cache/frozen"  # in the workspace, beside workloads/
 
 
@@ -156,7 +156,7 @@ def prepare(
 def model_hashes(request: BenchmarkRequest, roots: tuple[Path, ...]) -> dict[str, str]:
     """The SHA-256 of each model's content, by role; a model that is not allowed or cannot be
     read is left out (its run then fails with the message that names the problem)."""
-    hashes = {}
+    hashes: dict[str, str] = {}
     for role, spec in request.models():
         try:
             path = require_existing(resolve_allowed(spec.path, roots, role), spec.path, role)

@@ -24,6 +24,7 @@ from pathlib import Path
 import psutil
 import structlog
 
+from service.atomic import write_atomic
 from service.config import Settings, WorkerSettings
 from service.cpulist import format_cpu_list
 from service.executor.failures import InstanceFailure, describe_exit, log_tail, summarize
@@ -321,9 +322,7 @@ async def _release_barrier(
     if on_ready is not None:
         on_ready([_ready_call_s(path) for path in ready.values()])
     go = sync_dir / protocol.GO_FILE
-    tmp = go.with_name(go.name + ".tmp")
-    tmp.write_text(json.dumps({"start_at_s": time.monotonic() + _START_DELAY_S}))
-    tmp.replace(go)
+    write_atomic(go, json.dumps({"start_at_s": time.monotonic() + _START_DELAY_S}))
 
 
 def _ready_call_s(path: Path) -> float | None:

@@ -179,8 +179,8 @@ def _costs(results: Sequence[RunnerResult]) -> dict[str, Any]:
 
     rss = [r.peak_rss_bytes for r in results]
     return {
-        "load_time_s": _round(largest([r.load_time_s for r in results])),  # type: ignore[arg-type]
-        "first_inference_s": _round(largest([r.first_inference_s for r in results])),  # type: ignore[arg-type]
+        "load_time_s": _round(largest([r.load_time_s for r in results])),
+        "first_inference_s": _round(largest([r.first_inference_s for r in results])),
         "peak_rss_bytes_per_instance": rss,
         "peak_rss_bytes_max": largest(rss),  # type: ignore[arg-type]
     }

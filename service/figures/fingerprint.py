@@ -112,7 +112,9 @@ def _topology(sys_cpu: Path = SYS_CPU, sys_node: Path = SYS_NODE) -> dict[str, A
     }
 
 
-def _frequency(cpus: Iterable[int], sys_cpu: Path = SYS_CPU) -> tuple[dict[str, Any], dict]:
+def _frequency(
+    cpus: Iterable[int], sys_cpu: Path = SYS_CPU
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """(stable, observed) frequency facts of ``cpus``: governors and limits; current values."""
     governors: set[str] = set()
     max_khz: set[int] = set()

@@ -172,7 +172,7 @@ def spread(values: Sequence[float] | np.ndarray) -> Spread:
 
 def block_length(n: int) -> int:
     """Block length for ``n`` consecutive values: ``round(n ** (1/3))``, at least 1."""
-    return max(1, round(n ** (1 / 3)))
+    return max(1, round(math.pow(n, 1 / 3)))
 
 
 def _blocks(values: np.ndarray) -> np.ndarray:
@@ -288,7 +288,7 @@ def _median_from_bins(
     starts = np.searchsorted(pooled, edges[where - 1], side="left")
     stops = np.searchsorted(pooled, edges[where], side="left")
     offsets = np.minimum((fraction * (stops - starts)).astype(int), stops - starts - 1)
-    return pooled[starts + offsets]
+    return np.asarray(pooled[starts + offsets])
 
 
 def interval(

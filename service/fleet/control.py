@@ -14,9 +14,7 @@ leaves it behind until it expires, so within that time ``cancel`` may count it a
 
 from __future__ import annotations
 
-import sys
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -31,7 +29,7 @@ from aio_pika.abc import (
 from pydantic import ValidationError
 
 from contracts import routing
-from contracts.control import CANCEL_MESSAGE_TYPE, CancelRequest, parse_cancel
+from contracts.control import CancelRequest, parse_cancel
 from service.config import BrokerSettings
 
 log = structlog.get_logger()
@@ -148,51 +146,3 @@ class ControlListener:
         if cancel is not None:
             log.info("cancel_received", workload_id=cancel.id, reason=cancel.reason)
             self._on_cancel(cancel)
-
-
-async def publish_cancel(
-    channel: AbstractChannel, settings: BrokerSettings, cancel: CancelRequest
-) -> bool:
-    """Publish a cancel, confirmed and mandatory; False when no worker's queue received it.
-
-    ``channel`` must have publisher confirms and ``on_return_raises=True``.
-    """
-    exchange = await declare_control_exchange(channel, settings)
-    message = aio_pika.Message(
-        body=cancel.to_body(),
-        content_type="application/json",
-        type=CANCEL_MESSAGE_TYPE,
-        correlation_id=cancel.id,
-        message_id=uuid.uuid4().hex,  # aiormq matches a returned message by its id
-        timestamp=time.time(),
-    )
-    try:
-        await exchange.publish(
-            message,
-            routing_key=cancel.routing_key,
-            mandatory=True,
-            timeout=settings.publish_timeout_s,
-        )
-    except aio_pika.exceptions.PublishError:
-        return False
-    return True
-
-
-async def send_cancel(settings: BrokerSettings, workload_id: str, reason: str | None) -> int:
-    """``benchmark-worker cancel ID``: exit 0 when at least one worker's queue got it, else 1."""
-    from service.consumer.broker import connect
-
-    cancel = CancelRequest(id=workload_id, reason=reason)
-    connection = await connect(settings, "cancel")
-    async with connection:
-        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        routed = await publish_cancel(channel, settings, cancel)
-    if not routed:
-        print(
-            f"no worker is listening on {settings.control_exchange}: cancel of {workload_id} "
-            "reached nobody (a worker started later will run the request)",
-            file=sys.stderr,
-        )
-        return 1
-    log.info("cancel_sent", workload_id=workload_id, exchange=settings.control_exchange)
-    return 0

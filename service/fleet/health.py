@@ -21,6 +21,8 @@ from typing import Any, Literal
 
 import structlog
 
+from service.atomic import write_atomic
+
 log = structlog.get_logger()
 
 HeartbeatState = Literal["starting", "consuming", "consumer_lost", "stopping", "stopped"]
@@ -41,9 +43,7 @@ def write_heartbeat(path: Path, state: HeartbeatState, **fields: Any) -> None:
         **fields,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(record))
-    tmp.replace(path)
+    write_atomic(path, json.dumps(record))
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,7 @@ from service.fleet.node_status import NodeActivity, NodeStatusPublisher
 
 log = structlog.get_logger()
 
-Work = Callable[[Emit], Awaitable[FinishEvent]]
+Work = Callable[[Emit], Coroutine[Any, Any, FinishEvent]]
 QUEUED_STEP = "queued"
 _CONTROL_PREFETCH = 100
 INTAKE_MARGIN_S = 30.0
@@ -119,7 +119,7 @@ class Fleet:
                 return False
             # While reconnecting, the robust channel may wait for its new underlying channel.
             underlay = await asyncio.wait_for(channel.get_underlay_channel(), timeout_s)
-            return not underlay.is_closed and consumer_tag in underlay.consumers
+            return not underlay.is_closed and consumer_tag in getattr(underlay, "consumers", {})
 
         self.heartbeat.watch(consuming)
 
@@ -214,7 +214,8 @@ class Fleet:
     def _outcome(finish: FinishEvent) -> str:
         if finish.ok:
             return "success"
-        return "cancelled" if finish.data.message == CANCELLED_MESSAGE else "error"
+        message = getattr(finish.data, "message", None)
+        return "cancelled" if message == CANCELLED_MESSAGE else "error"
 
     def _count(self, outcome: str) -> None:
         self.activity.counts[outcome] += 1

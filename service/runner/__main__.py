@@ -18,7 +18,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from pydantic import ValidationError
 
@@ -31,7 +31,13 @@ from service.runner.pinning import (
     runner_thread_environment,
 )
 from service.runner.probes import status_bytes
-from service.runner.protocol import RunnerConfig, RunnerError, RunnerModel, RunnerResult
+from service.runner.protocol import (
+    FreezeCacheUse,
+    RunnerConfig,
+    RunnerError,
+    RunnerModel,
+    RunnerResult,
+)
 from service.runner.runlength import RunLength
 from service.runner.sandbox import confine, memory_hint
 
@@ -142,7 +148,7 @@ def run(args: argparse.Namespace, result: RunnerResult, progress: Progress) -> N
     started = time.perf_counter()
     model = load_for_workload(spec, config, threads)
     result.load_time_s = time.perf_counter() - started
-    result.freeze_cache = model.freeze_cache
+    result.freeze_cache = cast("FreezeCacheUse | None", model.freeze_cache)
     result.inputs = model.inputs
     result.outputs = model.outputs
     result.intra_op_threads = model.intra_op_threads
@@ -168,7 +174,7 @@ def read_config(path: Path) -> RunnerConfig:
 
 
 def pick_model(config: RunnerConfig, role: str, path: Path) -> RunnerModel:
-    spec = config.models.get(role)  # type: ignore[call-overload]
+    spec: RunnerModel | None = config.models.get(role)  # type: ignore[call-overload]
     if spec is None:
         raise StepError(
             "load_config", f"config {path} has no {role} (it has: {sorted(config.models)})"

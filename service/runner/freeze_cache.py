@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Literal
 import tensorflow as tf
 from google.protobuf.message import DecodeError
 
-from service.runner.protocol import RunnerModel, write_atomic
+from service.atomic import write_atomic
+from service.runner.protocol import RunnerModel
 
 if TYPE_CHECKING:
     from service.runner.loading import FrozenGraph

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from service.atomic import write_atomic
 from service.runner import probes
 from service.runner.loading import LoadedModel
 from service.runner.pinning import StepError
@@ -23,7 +24,6 @@ from service.runner.protocol import (
     READY_FILE_PREFIX,
     PerformanceResult,
     TensorInfo,
-    write_atomic,
 )
 from service.runner.runlength import RunLength, warmup_done
 

@@ -22,11 +22,12 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from service.runner.onednn_check import import_tensorflow, set_onednn
 from service.runner.pinning import StepError, parse_cpus, pin_process
 from service.runner.protocol import (
+    FreezeCacheUse,
     PreflightModel,
     PreflightResult,
     RunnerConfig,
@@ -96,7 +97,7 @@ def check_model(
         out.error = RunnerError(step="load_model", message=f"{role}: {exc.message}")
         return out
     out.load_time_s = time.perf_counter() - started
-    out.freeze_cache = model.freeze_cache
+    out.freeze_cache = cast("FreezeCacheUse | None", model.freeze_cache)
     graph = model.session.graph
     out.op_types = sorted({op.type for op in graph.get_operations()})
     try:

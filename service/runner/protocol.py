@@ -6,24 +6,17 @@ reads it, benchmarks one (model, mode, instance) and writes a JSON :class:`Runne
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Literal, Self
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.atomic import write_atomic
 from service.runner.runlength import RunLength
 
 ModelFormat = Literal["frozen_pb", "saved_model", "keras"]
-
-
-def write_atomic(path: Path, data: str | bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path`` (named for this process: runners of
-    one step may write the same path), then rename it over ``path``."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
-    tmp.replace(path)
+FreezeCacheUse = Literal["hit", "miss"]
 
 
 class _Strict(BaseModel):
@@ -173,7 +166,7 @@ class PreflightModel(_Strict):
 
     op_types: list[str] = Field(default_factory=list)
     load_time_s: float | None = None
-    freeze_cache: Literal["hit", "miss"] | None = None
+    freeze_cache: FreezeCacheUse | None = None
     call_s: float | None = None
     error: RunnerError | None = None
 
@@ -206,7 +199,7 @@ class RunnerResult(_JsonFile):
     )
     outputs: list[str] = Field(default_factory=list)
     load_time_s: float | None = None
-    freeze_cache: Literal["hit", "miss"] | None = Field(
+    freeze_cache: FreezeCacheUse | None = Field(
         default=None,
         description="the frozen graph came from the freeze cache (hit) or was "
         "frozen here and stored (miss); None: a frozen graph, or no cache",

@@ -463,8 +463,9 @@ def _instances_table(instances: Sequence[Mapping[str, Any]]) -> str:
         cells = []
         for key, _ in _INSTANCE_COLUMNS:
             value = instance.get(key)
-            if key == "peak_rss_bytes" and _number(value) is not None:
-                value = f"{value / 2**20:,.0f}"
+            number = _number(value)
+            if key == "peak_rss_bytes" and number is not None:
+                value = f"{number / 2**20:,.0f}"
             elif isinstance(value, list):
                 value = _cpu_text(value)
             elif isinstance(value, float):

@@ -91,7 +91,7 @@ def train(model: Any, x: np.ndarray, y: np.ndarray, train_seconds: float) -> Non
     """Fit for MAX_EPOCHS or until ``train_seconds`` have passed, whichever comes first."""
     import keras
 
-    class TimeLimit(keras.callbacks.Callback):
+    class TimeLimit(keras.callbacks.Callback):  # type: ignore[misc]
         def __init__(self, limit_s: float) -> None:
             super().__init__()
             self.deadline_s = time.perf_counter() + limit_s
@@ -163,7 +163,7 @@ def predict_graph(graph_def: Any, input_name: str, output_name: str, x: np.ndarr
     with graph.as_default():
         tf.import_graph_def(graph_def, name="")
     with tf.compat.v1.Session(graph=graph) as session:
-        return session.run(output_name, feed_dict={input_name: x})
+        return np.asarray(session.run(output_name, feed_dict={input_name: x}))
 
 
 def write_sample_models(out_dir: Path, *, train_seconds: float = 30.0) -> Path:

@@ -28,7 +28,7 @@ from rich.table import Table
 from rich.text import Text
 
 from contracts import AnyEvent, BenchmarkRequest, FinishEvent, ProgressEvent, StartEvent
-from contracts.client import BenchmarkClient
+from contracts.client import BenchmarkClient, PublishFailed
 from service.config import Settings
 from service.tools.summary import ROLE_LABELS, comparison_rows, step_figures
 
@@ -227,3 +227,20 @@ def comparison_notes(data: dict[str, Any]) -> list[str]:
                     where = f"{item['step']}: " if item.get("step") else ""
                     lines.append(f"  {kind[:-1]}: {escape(where + str(item.get('message', '')))}")
     return lines
+
+
+async def send_cancel(settings: Settings, workload_id: str, reason: str | None) -> int:
+    """``benchmark-worker cancel ID``: the client's cancel (the one cancel sender); exit 0 when
+    at least one worker's control queue got it, else 1."""
+    try:
+        async with _client(settings) as client:
+            await client.cancel(workload_id, reason)
+    except PublishFailed as exc:
+        print(
+            f"no worker is listening on {settings.broker.control_exchange}: cancel of "
+            f"{workload_id} reached nobody (a worker started later will run the request): {exc}",
+            file=sys.stderr,
+        )
+        return 1
+    log.info("cancel_sent", workload_id=workload_id, exchange=settings.broker.control_exchange)
+    return 0

@@ -10,12 +10,11 @@ import signal
 from pathlib import Path
 from typing import Any
 
-import aio_pika
 import pytest
 
-from contracts import CANCELLED_MESSAGE, CancelRequest, FinishEvent, StartEvent
+from contracts import CANCELLED_MESSAGE, FinishEvent, StartEvent
+from contracts.client import BenchmarkClient, PublishFailed
 from service.config import BrokerSettings
-from service.fleet.control import publish_cancel
 from tests.integration.fleet import fleet_config
 from tests.integration.reliability import (
     close_connections_of,
@@ -230,7 +229,6 @@ async def test_a_cancel_sent_while_the_worker_reconnects_is_not_lost(
     ends cancelled instead of running to success."""
     request = long_request(sample_dir, duration_s=20)
     queue = names["requests_queue"]
-    settings = BrokerSettings(control_exchange=names["control_exchange"], publish_timeout_s=10)
     async with (
         subscribe(amqp_url, names["events_exchange"], request["id"]) as events,
         running_worker(worker_config, amqp_url, queue) as worker,
@@ -242,12 +240,14 @@ async def test_a_cancel_sent_while_the_worker_reconnects_is_not_lost(
         try:
             assert close_connections_of(worker.pid, "partition test")
             await asyncio.sleep(1)
-            connection = await aio_pika.connect(amqp_url)
-            async with connection:
-                channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-                routed = await publish_cancel(
-                    channel, settings, CancelRequest(id=request["id"], reason="test")
-                )
+            routed = True
+            async with BenchmarkClient.connect(
+                amqp_url, requests_queue=queue, control_exchange=names["control_exchange"]
+            ) as client:
+                try:
+                    await client.cancel(request["id"], reason="test")
+                except PublishFailed:
+                    routed = False
         finally:
             worker.process.send_signal(signal.SIGCONT)
         await wait_for_log(worker, "broker_reconnected", timeout_s=60)

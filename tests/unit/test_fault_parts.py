@@ -114,6 +114,7 @@ async def test_a_killed_runner_whose_pipes_stay_open_does_not_block_for_ever() -
     assert stuck == [process.pid]
     assert time.monotonic() - started < 5
     _kill_sessions_of(process.pid)
+    await asyncio.wait_for(process.wait(), 10)  # the pipe closed: now it is reaped
 
 
 def _kill_sessions_of(pid: int) -> None:
