@@ -50,7 +50,7 @@ async def test_a_valid_request_behind_a_flood_is_never_held_while_another_runs(
     queue = names["requests_queue"]
     configure(worker_config, worker={"reject_lane_after": 4, "cpus": "0"})
     second_config = fleet_config(worker_config, "second", worker={"cpus": "1"})
-    requests = [long_request(sample_dir, duration_s=15) for _ in range(2)]
+    requests = [long_request(sample_dir, duration_s=30) for _ in range(2)]
     bad = [b'{"id": "flood-%d", ' % n for n in range(40)]
     backlog = [*bad[:20], *(json.dumps(r).encode() for r in requests), *bad[20:]]
     async with (
@@ -155,7 +155,7 @@ async def test_two_runs_of_one_id_on_a_shared_workspace_keep_their_own_files(
     assert stable.is_symlink() and stable.resolve() in {d.resolve() for d in directories}
 
 
-async def _unacked_while_running(queue: str, sample_s: float = 8) -> int:
+async def _unacked_while_running(queue: str, sample_s: float = 6) -> int:
     """The most deliveries of ``queue`` held unsettled at once over ``sample_s`` (the broker's
     queue statistics refresh every few seconds)."""
     most = 0
