@@ -19,6 +19,7 @@ pytestmark = pytest.mark.tensorflow
 def runner_pids(config_path: Path) -> dict[int, int]:
     """{instance: pid} of the runner processes reading ``config_path``."""
     found: dict[int, int] = {}
+    config_path = config_path.resolve()  # the run's own directory (the workload path links it)
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
