@@ -132,9 +132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.verb == "sample-models":
-        from service.tools.samples import (
-            write_sample_models,  # imports TensorFlow: not in the worker
-        )
+        # imports TensorFlow: never in the worker process
+        from service.tools.samples import write_sample_models
 
         print(write_sample_models(args.directory, train_seconds=args.train_seconds))
         return EXIT_OK
