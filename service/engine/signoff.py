@@ -101,10 +101,21 @@ class SignOff:
             "verdict": verdict.overall(execution_details, verdict.machine_warnings(print_)),
         }
 
-    def comparison(self) -> dict[str, Any]:
-        """``speedup_ci95`` when both models were measured for performance."""
+    def comparison(self, headline: Mapping[str, Any]) -> dict[str, Any]:
+        """Optimized versus input, in one place: ``speedup`` (throughput ratio) with its
+        ``speedup_ci95`` when both models were measured for performance, and
+        ``accuracy_delta`` when both were measured for accuracy (``headline``: the seed's
+        ``perf_throughput_*`` and ``acc_*`` fields)."""
+        out: dict[str, Any] = {}
+        base_tp = headline.get("perf_throughput_input_model")
+        new_tp = headline.get("perf_throughput_optimized_model")
+        if base_tp and new_tp:
+            out["speedup"] = round(new_tp / base_tp, 4)
         base = self.performance_results.get("input_model")
         new = self.performance_results.get("optimized_model")
-        if not base or not new:
-            return {}
-        return {"speedup_ci95": aggregate.speedup_interval(base, new, self.batch_size)}
+        if base and new:
+            out["speedup_ci95"] = aggregate.speedup_interval(base, new, self.batch_size)
+        acc_base, acc_new = headline.get("acc_input_model"), headline.get("acc_optimized_model")
+        if acc_base is not None and acc_new is not None:
+            out["accuracy_delta"] = round(acc_new - acc_base, 4)
+        return out

@@ -271,8 +271,7 @@ async def _run_steps(
         payload.update(progress=f"{number}/{len(steps)}", current_step=number,
                        number_of_steps=len(steps))  # fmt: skip
         await emit(ProgressEvent(data=ResultData.model_validate(payload)))
-    payload.update(_comparison(payload))
-    payload.update(signoff.comparison())  # speedup_ci95
+    payload.update(signoff.comparison(payload))  # speedup, its interval, accuracy delta
     finish = FinishEvent(status="success", data=ResultData.model_validate(payload))
     _write_result(workload.directory, finish)
     return finish
@@ -396,21 +395,6 @@ def _seed_details(
         "model_format": workload.config.models[role].format,
         "log_paths": [str(launch.log_path) for launch in launches],
     }
-
-
-def _comparison(payload: dict[str, Any]) -> dict[str, Any]:
-    """Optimized versus input: throughput speedup and accuracy delta, where both exist."""
-    out: dict[str, Any] = {}
-    base, new = (
-        payload.get("perf_throughput_input_model"),
-        payload.get("perf_throughput_optimized_model"),
-    )
-    if base and new:
-        out["speedup"] = round(new / base, 4)
-    acc_base, acc_new = payload.get("acc_input_model"), payload.get("acc_optimized_model")
-    if acc_base is not None and acc_new is not None:
-        out["accuracy_delta"] = round(acc_new - acc_base, 4)
-    return out
 
 
 def _write_result(directory: Path, finish: FinishEvent) -> None:
