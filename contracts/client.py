@@ -60,6 +60,7 @@ from aio_pika.abc import (
 from pydantic import ValidationError
 
 from .control import CANCEL_MESSAGE_TYPE, CancelRequest
+from .errors import PublishFailed, QueueMissing
 from .events import PHASE_OF_SUBJECT, AnyEvent, FinishEvent, parse_event
 from .requests import REQUEST_MESSAGE_TYPE, BenchmarkRequest
 from .routing import (
@@ -75,14 +76,6 @@ from .routing import (
 log = logging.getLogger(__name__)
 
 __all__ = ["BenchmarkClient", "EventStream", "PublishFailed", "QueueMissing"]
-
-
-class PublishFailed(RuntimeError):
-    """The broker did not take a message: unroutable, refused, or not confirmed in time."""
-
-
-class QueueMissing(LookupError):
-    """The requests queue does not exist: no worker has declared it yet."""
 
 
 def _json_message(body: bytes, message_type: str, correlation_id: str) -> aio_pika.Message:

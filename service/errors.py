@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contracts.errors import PublishFailed as ContractsPublishFailed
+
 
 class ServiceError(Exception):
     """Base of every error the worker raises on purpose."""
@@ -35,8 +37,10 @@ class StepFailed(ServiceError):
         self.message = message
 
 
-class PublishFailed(ServiceError):
-    """An event could not be confirmed by the broker: do not ack; the request is retried."""
+class PublishFailed(ServiceError, ContractsPublishFailed):
+    """An event could not be confirmed by the broker: do not ack; the request is retried.
+
+    The client's :class:`contracts.errors.PublishFailed` too: one name for one failure."""
 
 
 class DeliveryLost(ServiceError):

@@ -27,11 +27,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+from service.errors import ServiceError
+
 _VARINT, _FIXED64, _LENGTH, _FIXED32 = 0, 1, 2, 5
 SAVED_MODEL_FILE = "saved_model.pb"
 
 
-class GraphParseError(ValueError):
+class GraphParseError(ServiceError, ValueError):
     """The bytes are not the protobuf message they should be."""
 
 

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from service.errors import ServiceError
+
 OneDnnSetting = Literal["auto", "on", "off"]
 ENV_VARIABLE = "TF_ENABLE_ONEDNN_OPTS"
 
@@ -43,7 +45,7 @@ ONEDNN_ONLY_OP = re.compile(
 )
 
 
-class OneDnnConflict(ValueError):
+class OneDnnConflict(ServiceError, ValueError):
     """``onednn: off`` asked for a model that cannot run without oneDNN."""
 
 

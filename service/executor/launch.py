@@ -27,6 +27,7 @@ import structlog
 from service.atomic import write_atomic
 from service.config import Settings, WorkerSettings
 from service.cpulist import format_cpu_list
+from service.errors import ServiceError
 from service.executor.failures import InstanceFailure, describe_exit, log_tail, summarize
 from service.executor.reaping import reap
 from service.executor.warm_pool import RunnerGone, RunnerKey, WarmPool, WarmRunner, kill_all
@@ -126,7 +127,7 @@ def runner_limits(settings: WorkerSettings, cpus_per_instance: int) -> RunnerLim
     )
 
 
-class StepProcessesFailed(Exception):
+class StepProcessesFailed(ServiceError):
     """At least one instance failed; carries one message a user can act on."""
 
     def __init__(self, failures: list[InstanceFailure]) -> None:

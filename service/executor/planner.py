@@ -36,13 +36,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from service.cpulist import format_cpu_list
+from service.errors import ServiceError
 from service.executor.topology import CpuTopology
 
 DEFAULT_CORES_PER_INSTANCE = 4
 SMALL_NODE_CORES = 8  # below this many cores in the largest node, instances get one core
 
 
-class PlanError(ValueError):
+class PlanError(ServiceError, ValueError):
     """The requested instances x cores cannot be placed on the usable CPUs."""
 
 

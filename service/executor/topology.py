@@ -22,13 +22,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from service.cpulist import format_cpu_list, parse_cpu_list
+from service.errors import ServiceError
 
 SYSFS_ROOT = Path("/sys/devices/system")
 
 Numbering = Literal["linux", "adjacent"]
 
 
-class TopologyError(ValueError):
+class TopologyError(ServiceError, ValueError):
     """The topology cannot be read or described as asked."""
 
 

@@ -31,6 +31,7 @@ import structlog
 
 from service.config import RunnersSettings
 from service.cpulist import format_cpu_list
+from service.errors import ServiceError
 from service.executor.failures import describe_exit, log_tail
 from service.executor.reaping import reap
 
@@ -58,7 +59,7 @@ class RunnerKey:
         )  # fmt: skip
 
 
-class RunnerGone(Exception):
+class RunnerGone(ServiceError):
     """The warm runner died or broke the protocol (it is not reused)."""
 
 

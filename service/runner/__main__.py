@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING, cast
 
 from pydantic import ValidationError
 
+from service.errors import StepFailed
 from service.runner.onednn_check import import_tensorflow, set_onednn
 from service.runner.pinning import (
-    StepError,
     observed_cpus,
     parse_cpus,
     pin_process,
@@ -32,9 +32,9 @@ from service.runner.pinning import (
 )
 from service.runner.probes import status_bytes
 from service.runner.protocol import (
+    FailureReport,
     FreezeCacheUse,
     RunnerConfig,
-    RunnerError,
     RunnerModel,
     RunnerResult,
 )
@@ -109,12 +109,12 @@ def main(argv: list[str] | None = None) -> int:
     progress = Progress()
     try:
         run(args, result, progress)
-    except StepError as exc:
-        result.error = RunnerError(step=exc.step, message=exc.message)
+    except StepFailed as exc:
+        result.error = FailureReport(step=exc.step, message=exc.message)
     except Exception as exc:
         traceback.print_exc()
         message = f"unexpected {type(exc).__name__} during {progress.step}: {exc}{memory_hint(exc)}"
-        result.error = RunnerError(step=progress.step, message=message)
+        result.error = FailureReport(step=progress.step, message=message)
     _finish(result)
     if not _write(result, args.output):
         return EXIT_FAILED
@@ -166,17 +166,17 @@ def read_config(path: Path) -> RunnerConfig:
     try:
         return RunnerConfig.read(path)
     except FileNotFoundError:
-        raise StepError("load_config", f"config not found: {path} does not exist") from None
+        raise StepFailed("load_config", f"config not found: {path} does not exist") from None
     except ValidationError as exc:
-        raise StepError("load_config", f"config {path} is not valid: {exc}") from None
+        raise StepFailed("load_config", f"config {path} is not valid: {exc}") from None
     except Exception as exc:
-        raise StepError("load_config", f"could not read config {path}: {exc}") from None
+        raise StepFailed("load_config", f"could not read config {path}: {exc}") from None
 
 
 def pick_model(config: RunnerConfig, role: str, path: Path) -> RunnerModel:
     spec: RunnerModel | None = config.models.get(role)  # type: ignore[call-overload]
     if spec is None:
-        raise StepError(
+        raise StepFailed(
             "load_config", f"config {path} has no {role} (it has: {sorted(config.models)})"
         )
     return spec
@@ -225,7 +225,7 @@ def run_length(config: RunnerConfig) -> RunLength:
     try:
         return config.run_length()
     except ValueError as exc:
-        raise StepError("load_config", f"run-length settings are not valid: {exc}") from None
+        raise StepFailed("load_config", f"run-length settings are not valid: {exc}") from None
 
 
 def run_accuracy(

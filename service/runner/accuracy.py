@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from service.errors import StepFailed
 from service.runner.loading import LoadedModel
 from service.runner.performance import call_model, check_batch_dim
-from service.runner.pinning import StepError
 from service.runner.protocol import AccuracyResult, TensorInfo
 
 STEP_DATA = "load_dataset"
@@ -28,32 +28,32 @@ class Dataset:
 def read_arrays(path_text: str | None) -> tuple[Path, np.ndarray, np.ndarray]:
     """Read ``x`` and ``y`` from the npz, checking both are there and match in length."""
     if path_text is None:
-        raise StepError(
+        raise StepFailed(
             STEP_DATA,
             "accuracy mode needs benchmark.dataset: an .npz file with arrays 'x' and 'y'",
         )
     path = Path(path_text)
     if not path.is_file():
-        raise StepError(STEP_DATA, f"dataset not found: {path} is not a file")
+        raise StepFailed(STEP_DATA, f"dataset not found: {path} is not a file")
     try:
         loaded = np.load(path, allow_pickle=False)
         if not isinstance(loaded, np.lib.npyio.NpzFile):  # a bare .npy array under .npz
-            raise StepError(STEP_DATA, _not_an_npz(path, ValueError("not an archive")))
+            raise StepFailed(STEP_DATA, _not_an_npz(path, ValueError("not an archive")))
         with loaded as npz:
             names = sorted(npz.files)
             missing = [name for name in ("x", "y") if name not in names]
             if missing:
-                raise StepError(
+                raise StepFailed(
                     STEP_DATA,
                     f"dataset {path} has no array {' or '.join(repr(m) for m in missing)} "
                     f"(it has: {names or 'no arrays'}); it needs 'x' (inputs) and 'y' "
                     "(integer labels)",
                 )
             x, y = npz["x"], npz["y"]
-    except StepError:
+    except StepFailed:
         raise
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise StepError(STEP_DATA, _not_an_npz(path, exc)) from None
+        raise StepFailed(STEP_DATA, _not_an_npz(path, exc)) from None
     _check_labels(path, x, y)
     return path, x, y
 
@@ -92,30 +92,30 @@ def _one_hot(y: np.ndarray) -> bool:
 
 def _check_labels(path: Path, x: np.ndarray, y: np.ndarray) -> None:
     if _one_hot(y):
-        raise StepError(
+        raise StepFailed(
             STEP_DATA,
             f"array 'y' in {path} is one-hot encoded (shape {tuple(y.shape)}, one 1 per row); "
             "store the class index of each sample instead: y = y.argmax(axis=1)",
         )
     if not np.issubdtype(y.dtype, np.integer):
-        raise StepError(
+        raise StepFailed(
             STEP_DATA,
             f"array 'y' in {path} must hold integer class labels, not {y.dtype}",
         )
     if y.ndim != 1:
-        raise StepError(
+        raise StepFailed(
             STEP_DATA,
             f"array 'y' in {path} must be 1-D (one label per sample), "
             f"but has shape {tuple(y.shape)}",
         )
     if x.ndim == 0 or len(x) != len(y):
-        raise StepError(
+        raise StepFailed(
             STEP_DATA,
             f"arrays 'x' and 'y' in {path} must have one sample per label: "
             f"x has shape {tuple(x.shape)}, y has {len(y)} labels",
         )
     if len(y) == 0:
-        raise StepError(STEP_DATA, f"dataset {path} is empty")
+        raise StepFailed(STEP_DATA, f"dataset {path} is empty")
 
 
 def load_dataset(path_text: str | None, model_input: TensorInfo) -> Dataset:
@@ -127,7 +127,7 @@ def load_dataset(path_text: str | None, model_input: TensorInfo) -> Dataset:
         want is None or want == got for want, got in zip(expected, sample, strict=True)
     )
     if not matches:
-        raise StepError(
+        raise StepFailed(
             STEP_DATA,
             f"array 'x' in {path} has samples of shape {tuple(sample)} but the model input "
             f"'{model_input.name}' expects {_show(expected)}",
@@ -137,7 +137,7 @@ def load_dataset(path_text: str | None, model_input: TensorInfo) -> Dataset:
     try:
         x = x.astype(dtype, copy=False)
     except (TypeError, ValueError) as exc:
-        raise StepError(
+        raise StepFailed(
             STEP_DATA,
             f"array 'x' in {path} ({x.dtype}) cannot be cast to the model's "
             f"{model_input.dtype}: {exc}",
@@ -153,7 +153,7 @@ def _check_no_truncation(path: Path, x: np.ndarray, model_input: TensorInfo, dty
     fractional = np.flatnonzero(np.mod(x, 1) != 0)
     if fractional.size:
         value = x.reshape(-1)[fractional[0]]
-        raise StepError(
+        raise StepFailed(
             STEP_DATA,
             f"array 'x' in {path} holds floats ({x.dtype}) with fractions (e.g. {value:g}) but "
             f"the model input '{model_input.name}' is {model_input.dtype}: casting would "
@@ -164,14 +164,14 @@ def _check_no_truncation(path: Path, x: np.ndarray, model_input: TensorInfo, dty
 def single_io(model: LoadedModel) -> TensorInfo:
     """Accuracy feeds one input and scores one output; say so if the model has more."""
     if len(model.inputs) != 1:
-        raise StepError(
+        raise StepFailed(
             STEP_DATA,
             f"model has {len(model.inputs)} inputs ({[i.name for i in model.inputs]}); "
             "accuracy mode feeds the npz 'x' array to exactly one input (if the others "
             "have defaults, name the one to feed in benchmark.inputs)",
         )
     if len(model.outputs) != 1:
-        raise StepError(
+        raise StepFailed(
             STEP_DATA,
             f"model has {len(model.outputs)} outputs ({model.outputs}); accuracy mode scores "
             "exactly one logits/probabilities output: choose it with benchmark.outputs",
@@ -219,7 +219,7 @@ def count_correct(scores: np.ndarray, labels: np.ndarray, topk: int) -> tuple[in
     classes = flat.shape[1]
     if np.any((labels < 0) | (labels >= classes)):
         bad = labels[(labels < 0) | (labels >= classes)][0]
-        raise StepError(
+        raise StepFailed(
             STEP_RUN,
             f"label {int(bad)} in 'y' is outside the model's {classes} output classes",
         )

@@ -23,7 +23,7 @@ import tensorflow as tf
 from google.protobuf.message import DecodeError
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-from service.runner.pinning import StepError
+from service.errors import StepFailed
 from service.runner.protocol import RunnerConfig, RunnerModel, TensorInfo
 
 STEP = "load_model"
@@ -98,7 +98,7 @@ def load_model(
     outputs: Sequence[str] | None = None,
     cache_dir: str | Path | None = None,
 ) -> LoadedModel:
-    """Load ``model`` and build its session; raise :class:`StepError` on any problem.
+    """Load ``model`` and build its session; raise :class:`StepFailed` on any problem.
 
     With ``cache_dir``, a SavedModel or Keras model is frozen once per content and TensorFlow
     version (:mod:`service.runner.freeze_cache`).
@@ -133,7 +133,7 @@ def freeze_model(model: RunnerModel) -> FrozenGraph:
     """The model as a frozen graph, whatever its format."""
     path = Path(model.path)
     if not path.exists():
-        raise StepError(STEP, f"model not found: {path} does not exist")
+        raise StepFailed(STEP, f"model not found: {path} does not exist")
     loaders: dict[str, Callable[[Path], FrozenGraph]] = {
         "frozen_pb": load_frozen_pb,
         "saved_model": load_saved_model,
@@ -145,12 +145,12 @@ def freeze_model(model: RunnerModel) -> FrozenGraph:
 def load_frozen_pb(path: Path) -> FrozenGraph:
     """Read a frozen GraphDef; inputs = Placeholders, outputs = nodes nothing consumes."""
     if not path.is_file():
-        raise StepError(STEP, f"could not load frozen graph {path}: it is not a file")
+        raise StepFailed(STEP, f"could not load frozen graph {path}: it is not a file")
     graph_def = tf.compat.v1.GraphDef()
     try:
         graph_def.ParseFromString(path.read_bytes())
     except (DecodeError, ValueError) as exc:
-        raise StepError(
+        raise StepFailed(
             STEP,
             f"could not load frozen graph {path}: not a valid GraphDef protobuf ({exc}); "
             + (
@@ -160,9 +160,9 @@ def load_frozen_pb(path: Path) -> FrozenGraph:
             ),
         ) from None
     except OSError as exc:
-        raise StepError(STEP, f"could not load frozen graph {path}: {exc.strerror}") from None
+        raise StepFailed(STEP, f"could not load frozen graph {path}: {exc.strerror}") from None
     if not graph_def.node:
-        raise StepError(STEP, f"could not load frozen graph {path}: the graph has no nodes")
+        raise StepFailed(STEP, f"could not load frozen graph {path}: the graph has no nodes")
     return FrozenGraph(graph_def, guess_inputs(graph_def), guess_outputs(graph_def))
 
 
@@ -186,14 +186,14 @@ def guess_outputs(graph_def: tf.compat.v1.GraphDef) -> list[str]:
 def load_saved_model(path: Path) -> FrozenGraph:
     """Freeze the ``serving_default`` signature of a SavedModel directory."""
     if not path.is_dir():
-        raise StepError(STEP, f"could not load SavedModel {path}: it is not a directory")
+        raise StepFailed(STEP, f"could not load SavedModel {path}: it is not a directory")
     try:
         loaded = tf.saved_model.load(str(path))
     except Exception as exc:
-        raise StepError(STEP, f"could not load SavedModel {path}: {_reason(exc)}") from None
+        raise StepFailed(STEP, f"could not load SavedModel {path}: {_reason(exc)}") from None
     signatures = getattr(loaded, "signatures", {})
     if SERVING_SIGNATURE not in signatures:
-        raise StepError(
+        raise StepFailed(
             STEP,
             f"SavedModel {path} has no '{SERVING_SIGNATURE}' signature "
             f"(it has: {sorted(signatures) or 'none'}); re-export it with a serving signature",
@@ -206,11 +206,11 @@ def load_keras(path: Path) -> FrozenGraph:
     import keras
 
     if not path.is_file():
-        raise StepError(STEP, f"could not load Keras model {path}: it is not a file")
+        raise StepFailed(STEP, f"could not load Keras model {path}: it is not a file")
     try:
         model = keras.models.load_model(path, safe_mode=True, compile=False)
     except Exception as exc:
-        raise StepError(STEP, _keras_load_error(path, exc)) from None
+        raise StepFailed(STEP, _keras_load_error(path, exc)) from None
     return freeze_keras_model(model, f"Keras model {path}")
 
 
@@ -250,7 +250,7 @@ def freeze_keras_model(model: Any, what: str = "Keras model") -> FrozenGraph:
     try:
         concrete = function.get_concrete_function()
     except Exception as exc:
-        raise StepError(STEP, f"could not trace {what}: {_reason(exc)}") from None
+        raise StepFailed(STEP, f"could not trace {what}: {_reason(exc)}") from None
     return freeze_function(concrete, what)
 
 
@@ -259,7 +259,7 @@ def freeze_function(concrete: Any, what: str) -> FrozenGraph:
     try:
         frozen = convert_variables_to_constants_v2(concrete)
     except Exception as exc:
-        raise StepError(STEP, f"could not freeze {what}: {_reason(exc)}") from None
+        raise StepFailed(STEP, f"could not freeze {what}: {_reason(exc)}") from None
     inputs = [tensor.name for tensor in frozen.inputs if tensor.dtype != tf.resource]
     outputs = [tensor.name for tensor in frozen.outputs]
     return FrozenGraph(frozen.graph.as_graph_def(), inputs, outputs)
@@ -276,7 +276,7 @@ def _import_graph(graph_def: tf.compat.v1.GraphDef, path: str) -> tf.Graph:
         with graph.as_default():
             tf.import_graph_def(graph_def, name="")
     except Exception as exc:
-        raise StepError(
+        raise StepFailed(
             STEP,
             f"could not import the graph of {path} into TensorFlow {tf.__version__}: "
             f"{_reason(exc)}",
@@ -298,7 +298,7 @@ def _pick_tensors(
             _check_tensor(graph, name, kind, guessed)
         return names
     if not guessed:
-        raise StepError(
+        raise StepFailed(
             STEP,
             f"could not find the model's {kind} in {path}; name them in benchmark.{kind} "
             "(tensor names such as 'input:0')",
@@ -310,7 +310,7 @@ def _check_tensor(graph: tf.Graph, name: str, kind: str, guessed: list[str]) -> 
     try:
         graph.get_tensor_by_name(name)
     except (KeyError, ValueError):
-        raise StepError(
+        raise StepFailed(
             STEP,
             f"tensor '{name}' given in benchmark.{kind} is not in the graph "
             f"(the {kind} found by default are {guessed})",
@@ -334,7 +334,7 @@ def _make_session(
         timed_run = session.make_callable(fetches[0], feed_list=feeds) if len(fetches) == 1 else run
     except Exception as exc:
         session.close()
-        raise StepError(STEP, f"could not prepare the session: {_reason(exc)}") from None
+        raise StepFailed(STEP, f"could not prepare the session: {_reason(exc)}") from None
     return LoadedModel(
         session=session,
         inputs=infos,
@@ -350,7 +350,7 @@ def _make_session(
 def _tensor_info(tensor: tf.Tensor) -> TensorInfo:
     shape = _shape(tensor)
     if shape is None:
-        raise StepError(
+        raise StepFailed(
             STEP,
             f"input '{tensor.name}' has an unknown rank (a Placeholder without a shape); "
             "give the Placeholder a shape when exporting the model",

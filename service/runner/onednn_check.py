@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 
 from service.engine.onednn import ENV_VARIABLE
-from service.runner.pinning import StepError
+from service.errors import StepFailed
 
 STEP = "import_tensorflow"
 
@@ -33,7 +33,7 @@ def onednn_enabled() -> bool | None:
 
 
 def import_tensorflow(expected: bool | None) -> tuple[str, bool | None]:
-    """Import TensorFlow; (version, oneDNN read-back). Raises StepError when they disagree."""
+    """Import TensorFlow; (version, oneDNN read-back). Raises StepFailed when they disagree."""
     import tensorflow as tf
 
     reported = onednn_enabled()
@@ -44,7 +44,7 @@ def import_tensorflow(expected: bool | None) -> tuple[str, bool | None]:
             if reported is None
             else ("on" if reported else "off")
         )
-        raise StepError(
+        raise StepFailed(
             STEP,
             f"oneDNN should be {want} ({ENV_VARIABLE}={os.environ.get(ENV_VARIABLE)}) but "
             f"TensorFlow {tf.__version__} reports it {got}"

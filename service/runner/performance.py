@@ -16,9 +16,9 @@ import numpy as np
 import tensorflow as tf
 
 from service.atomic import write_atomic
+from service.errors import StepFailed
 from service.runner import probes
 from service.runner.loading import LoadedModel
-from service.runner.pinning import StepError
 from service.runner.protocol import (
     GO_FILE,
     READY_FILE_PREFIX,
@@ -35,13 +35,13 @@ POLL_INTERVAL_S = 0.001
 def check_batch_dim(info: TensorInfo, batch_size: int, step: str = "prepare_inputs") -> None:
     """The input must have a batch dimension that is free or equal to ``batch_size``."""
     if not info.shape:
-        raise StepError(
+        raise StepFailed(
             step,
             f"input '{info.name}' is a scalar; the runner needs a batch dimension first",
         )
     fixed = info.shape[0]
     if fixed is not None and fixed != batch_size:
-        raise StepError(
+        raise StepFailed(
             step,
             f"input '{info.name}' has a fixed batch dimension of {fixed} but batch_size is "
             f"{batch_size}; set benchmark.batch_size to {fixed}",
@@ -58,7 +58,7 @@ def input_shape(
         return [batch_size, *(int(dim) for dim in dims if dim is not None)]
     if sample_shape is not None and len(sample_shape) == len(dims):
         return [batch_size, *(int(dim) for dim in sample_shape)]
-    raise StepError(
+    raise StepFailed(
         "prepare_inputs",
         f"input '{info.name}' has shape {_show(info.shape)} with unknown dimensions besides "
         "the batch; performance mode needs them fixed: export the model with a fixed input "
@@ -98,7 +98,7 @@ def _random_array(rng: np.random.Generator, info: TensorInfo, shape: list[int]) 
         return rng.integers(0, INT_HIGH, size=shape).astype(dtype.as_numpy_dtype)
     if dtype.is_bool:
         return rng.integers(0, 2, size=shape).astype(bool)
-    raise StepError(
+    raise StepFailed(
         "prepare_inputs",
         f"input '{info.name}' has dtype {info.dtype}; synthetic inputs cover numbers and bools "
         "only, so this model cannot be benchmarked in performance mode",
@@ -106,11 +106,11 @@ def _random_array(rng: np.random.Generator, info: TensorInfo, shape: list[int]) 
 
 
 def call_model(model: LoadedModel, feeds: Sequence[np.ndarray], step: str) -> list[np.ndarray]:
-    """One inference call, with TensorFlow errors turned into a :class:`StepError`."""
+    """One inference call, with TensorFlow errors turned into a :class:`StepFailed`."""
     try:
         return model.run(*feeds)
     except tf.errors.OpError as exc:
-        raise StepError(step, f"inference failed: {op_error_text(exc)}") from None
+        raise StepFailed(step, f"inference failed: {op_error_text(exc)}") from None
 
 
 def first_inference_s(model: LoadedModel, feeds: Sequence[np.ndarray]) -> float:
@@ -130,7 +130,7 @@ def warm_up(
         try:
             model.timed_run(*feeds)
         except tf.errors.OpError as exc:
-            raise StepError("warmup", f"inference failed: {op_error_text(exc)}") from None
+            raise StepFailed("warmup", f"inference failed: {op_error_text(exc)}") from None
         done += 1
     return done, time.perf_counter() - started
 
@@ -144,7 +144,7 @@ def wait_for_go(
     try:
         write_atomic(ready, json.dumps({"call_s": call_s}))
     except OSError as exc:
-        raise StepError("sync", f"could not create {ready}: {exc.strerror}") from None
+        raise StepFailed("sync", f"could not create {ready}: {exc.strerror}") from None
     deadline_s = time.monotonic() + timeout_s
     go = sync_dir / GO_FILE
     while True:
@@ -152,7 +152,7 @@ def wait_for_go(
         if start_at_s is not None:
             return start_at_s
         if time.monotonic() >= deadline_s:
-            raise StepError(
+            raise StepFailed(
                 "sync",
                 f"no start signal: {go} did not appear within {timeout_s:g} s "
                 "(barrier_timeout_s) after this instance was ready",
@@ -167,9 +167,9 @@ def _read_go(go: Path) -> float | None:
     except (FileNotFoundError, json.JSONDecodeError):
         return None
     except OSError as exc:
-        raise StepError("sync", f"could not read {go}: {exc.strerror}") from None
+        raise StepFailed("sync", f"could not read {go}: {exc.strerror}") from None
     if not isinstance(data, dict) or not isinstance(data.get("start_at_s"), int | float):
-        raise StepError("sync", f'{go} must hold {{"start_at_s": <monotonic seconds>}}')
+        raise StepFailed("sync", f'{go} must hold {{"start_at_s": <monotonic seconds>}}')
     return float(data["start_at_s"])
 
 
@@ -212,7 +212,7 @@ def measure(
             if reason is not None:
                 break
     except tf.errors.OpError as exc:
-        raise StepError("measure", f"inference failed: {op_error_text(exc)}") from None
+        raise StepFailed("measure", f"inference failed: {op_error_text(exc)}") from None
     cpu_window = None
     if cpus and before is not None:
         cpu_window = probes.window(cpus, before, probes.snapshot(cpus))

@@ -10,21 +10,9 @@ import os
 from pathlib import Path
 
 from service.cpulist import format_cpu_list, parse_cpu_list
+from service.errors import StepFailed
 
 PROC_DIR = Path("/proc")
-
-
-class StepError(Exception):
-    """A runner failure the user can act on: which step failed and why.
-
-    Lives here (the first runner module, without TensorFlow) so ``__main__`` can catch it
-    before TensorFlow is imported.
-    """
-
-    def __init__(self, step: str, message: str) -> None:
-        super().__init__(message)
-        self.step = step
-        self.message = message
 
 
 def thread_environment(cpu_count: int) -> dict[str, str]:
@@ -44,7 +32,7 @@ def parse_cpus(cpu_text: str) -> list[int]:
     try:
         return parse_cpu_list(cpu_text)
     except ValueError as exc:
-        raise StepError("pin_cpus", f"--cpus {cpu_text!r}: {exc}") from None
+        raise StepFailed("pin_cpus", f"--cpus {cpu_text!r}: {exc}") from None
 
 
 def pin_process(cpus: list[int], threads: int | None = None) -> None:
@@ -57,7 +45,7 @@ def pin_process(cpus: list[int], threads: int | None = None) -> None:
         os.sched_setaffinity(0, cpus)
     except OSError as exc:
         allowed = format_cpu_list(os.sched_getaffinity(0))
-        raise StepError(
+        raise StepFailed(
             "pin_cpus",
             f"could not pin to cpus {format_cpu_list(cpus)}: {exc.strerror}; "
             f"this process may use cpus {allowed}",

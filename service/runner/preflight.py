@@ -24,14 +24,15 @@ import traceback
 from pathlib import Path
 from typing import Any, cast
 
+from service.errors import StepFailed
 from service.runner.onednn_check import import_tensorflow, set_onednn
-from service.runner.pinning import StepError, parse_cpus, pin_process
+from service.runner.pinning import parse_cpus, pin_process
 from service.runner.protocol import (
+    FailureReport,
     FreezeCacheUse,
     PreflightModel,
     PreflightResult,
     RunnerConfig,
-    RunnerError,
     RunnerModel,
 )
 from service.runner.sandbox import confine, memory_hint
@@ -61,12 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     result = PreflightResult(pid=os.getpid())
     try:
         run(args, result)
-    except StepError as exc:
-        result.error = RunnerError(step=STEP, message=exc.message)
+    except StepFailed as exc:
+        result.error = FailureReport(step=STEP, message=exc.message)
     except Exception as exc:
         traceback.print_exc()
         message = f"unexpected {type(exc).__name__}: {exc}{memory_hint(exc)}"
-        result.error = RunnerError(step=STEP, message=message)
+        result.error = FailureReport(step=STEP, message=message)
     result.write(args.output)
     failed = result.error is not None or any(m.error for m in result.models.values())
     return EXIT_FAILED if failed else EXIT_OK
@@ -93,8 +94,8 @@ def check_model(
     started = time.perf_counter()
     try:
         model = load_for_workload(spec, config, threads)
-    except StepError as exc:
-        out.error = RunnerError(step="load_model", message=f"{role}: {exc.message}")
+    except StepFailed as exc:
+        out.error = FailureReport(step="load_model", message=f"{role}: {exc.message}")
         return out
     out.load_time_s = time.perf_counter() - started
     out.freeze_cache = cast("FreezeCacheUse | None", model.freeze_cache)
@@ -106,10 +107,10 @@ def check_model(
         started = time.perf_counter()
         model.run(*feeds)
         out.call_s = time.perf_counter() - started
-    except StepError as exc:
-        out.error = RunnerError(step=exc.step, message=f"{role}: {exc.message}")
+    except StepFailed as exc:
+        out.error = FailureReport(step=exc.step, message=f"{role}: {exc.message}")
     except Exception as exc:
-        out.error = RunnerError(step=STEP, message=explain_failure(role, exc, graph, onednn_on))
+        out.error = FailureReport(step=STEP, message=explain_failure(role, exc, graph, onednn_on))
     finally:
         model.close()
     return out

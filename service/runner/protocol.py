@@ -156,7 +156,10 @@ class AccuracyResult(_Strict):
     )
 
 
-class RunnerError(_Strict):
+class FailureReport(_Strict):
+    """A :class:`~service.errors.StepFailed` raised in a runner, as the runner writes it in
+    its result file (data, not an exception: the worker raises again from it)."""
+
     step: str = Field(description="load_config, load_model, load_dataset, warmup, measure, ...")
     message: str
 
@@ -168,7 +171,7 @@ class PreflightModel(_Strict):
     load_time_s: float | None = None
     freeze_cache: FreezeCacheUse | None = None
     call_s: float | None = None
-    error: RunnerError | None = None
+    error: FailureReport | None = None
 
 
 class PreflightResult(_JsonFile):
@@ -178,7 +181,7 @@ class PreflightResult(_JsonFile):
     tensorflow_version: str | None = None
     onednn_enabled: bool | None = Field(default=None, description="TensorFlow's read-back")
     models: dict[str, PreflightModel] = Field(default_factory=dict)
-    error: RunnerError | None = None
+    error: FailureReport | None = None
 
 
 class RunnerResult(_JsonFile):
@@ -218,7 +221,7 @@ class RunnerResult(_JsonFile):
     )
     performance: PerformanceResult | None = None
     accuracy: AccuracyResult | None = None
-    error: RunnerError | None = None
+    error: FailureReport | None = None
 
 
 # The synchronised start: after warmup each instance creates ``<sync_dir>/ready.<i>``; the

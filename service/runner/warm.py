@@ -30,8 +30,9 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from service.errors import StepFailed
 from service.runner.onednn_check import import_tensorflow, set_onednn
-from service.runner.pinning import StepError, parse_cpus, pin_process
+from service.runner.pinning import parse_cpus, pin_process
 from service.runner.probes import status_bytes
 from service.runner.sandbox import allow_cpu_for_next_step, confine_warm, memory_hint
 
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         for module in JOB_MODULES:
             importlib.import_module(module)
         importlib.import_module("service.runner.loading")
-    except StepError as exc:
+    except StepFailed as exc:
         _send(reply, {"ready": False, "error": f"{exc.step}: {exc.message}"})
         return 2
     except Exception as exc:  # TensorFlow could not start (its memory limit, say)

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
+from service.errors import ServiceError
+
 LOCAL_URL = "amqp://guest:guest@localhost:5672/"
 HOW_TO_GET_ONE = (
     "no RabbitMQ broker found. Set AMQP_URL to a broker's URL, or start one on localhost:5672 "
@@ -25,7 +27,7 @@ HOW_TO_GET_ONE = (
 )
 
 
-class NoBrokerError(RuntimeError):
+class NoBrokerError(ServiceError, RuntimeError):
     pass
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.runner.pinning import StepError
+from service.errors import StepFailed
 from service.runner.protocol import TensorInfo
 
 pytestmark = pytest.mark.tensorflow
@@ -16,7 +16,7 @@ MESSAGE_LIMIT_CHARS = 600
 
 
 def _error(call: object, *args: object) -> str:
-    with pytest.raises(StepError) as caught:
+    with pytest.raises(StepFailed) as caught:
         call(*args)  # type: ignore[operator]
     message = caught.value.message
     assert len(message) < MESSAGE_LIMIT_CHARS, message
