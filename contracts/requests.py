@@ -111,6 +111,67 @@ class TopKMetric(Contract):
     topk: int = Field(default=1, ge=1, le=1000)
 
 
+class Layout(Contract):
+    """One instances x cores layout of a sweep."""
+
+    instances: int = Field(ge=1, le=4096, description="Performance instances side by side.")
+    cores_per_instance: int = Field(ge=1, le=4096, description="Physical cores per instance.")
+
+
+class Sweep(Contract):
+    """Performance points beyond the request's main one: every batch size with every layout,
+    for both models under the same settings, interleaved so neither model is favoured."""
+
+    batch_sizes: tuple[int, ...] = Field(
+        default=(),
+        max_length=32,
+        description="Batch sizes to measure (each 1..65536). Default: the request's batch_size.",
+    )
+    layouts: tuple[Layout, ...] = Field(
+        default=(),
+        max_length=32,
+        description="Layouts to measure. Default: the request's instances x cores_per_instance.",
+    )
+
+    @model_validator(mode="after")
+    def _points_are_distinct(self) -> Sweep:
+        if any(not 1 <= size <= 65536 for size in self.batch_sizes):
+            raise ValueError("every sweep batch size must be between 1 and 65536")
+        if len(set(self.batch_sizes)) != len(self.batch_sizes):
+            raise ValueError("sweep batch_sizes repeat a value")
+        shapes = [(layout.instances, layout.cores_per_instance) for layout in self.layouts]
+        if len(set(shapes)) != len(shapes):
+            raise ValueError("sweep layouts repeat a layout")
+        if not self.batch_sizes and not self.layouts:
+            raise ValueError("a sweep needs batch_sizes, layouts or both")
+        return self
+
+
+ScenarioName = Literal["offline", "single_stream", "server"]
+
+
+class Scenario(Contract):
+    """How queries arrive (MLPerf LoadGen's scenarios): ``offline`` is the closed loop as fast
+    as it goes; ``single_stream`` one query after the other; ``server`` Poisson arrivals, the
+    highest rate whose latency percentile meets ``target_latency_ms`` is searched for."""
+
+    name: ScenarioName = Field(default="offline")
+    target_latency_ms: float | None = Field(
+        default=None, gt=0, le=3_600_000, description="server: the latency bound, ms."
+    )
+    target_percentile: float = Field(
+        default=99.0, gt=0, lt=100, description="server: the percentile held to the bound."
+    )
+
+    @model_validator(mode="after")
+    def _server_needs_a_target(self) -> Scenario:
+        if self.name == "server" and self.target_latency_ms is None:
+            raise ValueError("scenario 'server' needs target_latency_ms")
+        if self.name != "server" and self.target_latency_ms is not None:
+            raise ValueError("target_latency_ms applies to scenario 'server' only")
+        return self
+
+
 class BenchmarkSettings(Contract):
     """Run settings; every field has a default, so the whole object may be left out."""
 
@@ -192,6 +253,28 @@ class BenchmarkSettings(Contract):
         "or when TensorFlow enables it by default on the worker's CPU). Default: the worker's "
         "setting (worker.onednn, itself 'auto' by default).",
     )
+
+    sweep: Sweep | None = Field(
+        default=None,
+        description="More performance points in the same request: batch sizes x layouts. The "
+        "seed's fields keep describing the main point (batch_size, instances, "
+        "cores_per_instance).",
+    )
+    scenario: Scenario = Field(
+        default_factory=Scenario,
+        description="How queries arrive in performance steps (MLPerf LoadGen scenarios); "
+        "single_stream and server run one instance.",
+    )
+
+    @model_validator(mode="after")
+    def _scenario_fits(self) -> BenchmarkSettings:
+        if self.scenario.name != "offline" and self.sweep is not None:
+            raise ValueError("a sweep runs the offline scenario only; leave out scenario or sweep")
+        if self.scenario.name != "offline" and (self.instances or 1) != 1:
+            raise ValueError(
+                f"scenario '{self.scenario.name}' runs one instance; set instances to 1"
+            )
+        return self
 
     def cap_s(self) -> float:
         """The timed window's hard cap: ``max_duration_s``, else 60 or ``duration_s``."""

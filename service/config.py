@@ -106,7 +106,10 @@ class WorkerSettings(_Section):
         "their input model (an .npz with x and y, inside the allowed roots).",
     )
     consumer_check_s: float = Field(
-        default=30.0, gt=0, description="How often the worker checks its consumer is alive."
+        default=5.0,
+        gt=0,
+        description="How often the worker checks its consumer is alive; the heartbeat (and so "
+        "check) reports the last answer, the watchdog stops a worker whose consumer stays gone.",
     )
     reject_lane_prefetch: int = Field(
         default=32,

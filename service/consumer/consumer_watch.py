@@ -7,7 +7,8 @@ watch checks, every ``interval_s``, that the channel still holds the worker's co
 While the connection is down it waits (the robust connection restores consumers after a
 reconnect). Missing on two checks in a row and for longer than ``grace_s`` (time for aio-pika's
 own recovery, which runs between reconnect intervals), the consumer is lost: ``on_lost`` is
-called, and the worker stops with a non-zero exit so its supervisor starts a fresh one.
+called, and the worker stops with a non-zero exit so its supervisor starts a fresh one. The
+heartbeat reads the same watcher, so ``check`` and the watchdog never disagree.
 """
 
 from __future__ import annotations
@@ -45,36 +46,63 @@ async def consumer_state(
     return ConsumerState.ALIVE if consumer_tag in consumers else ConsumerState.MISSING
 
 
-async def watch_consumer(
-    channel: AbstractChannel,
-    consumer_tag: str,
-    interval_s: float,
-    grace_s: float,
-    on_lost: Callable[[], None],
-) -> None:
-    """Check the consumer every ``interval_s``; call ``on_lost`` once it is gone for good."""
-    misses = 0
-    missing_since = 0.0
-    while True:
-        await asyncio.sleep(interval_s)
-        state = await consumer_state(channel, consumer_tag, interval_s)
+class ConsumerWatch:
+    """The one liveness watcher of a worker's consumer: what the heartbeat (and so ``check``)
+    reports and what the watchdog acts on come from the same checks.
+
+    ``state`` is the last check's answer: the heartbeat writes ``consuming`` only while it is
+    ``ALIVE``. ``on_lost`` is called once, when the consumer has been ``MISSING`` on
+    :data:`MISSES_BEFORE_LOST` checks in a row and for longer than ``grace_s``.
+    """
+
+    def __init__(
+        self,
+        channel: AbstractChannel,
+        consumer_tag: str,
+        interval_s: float,
+        grace_s: float,
+        on_lost: Callable[[], None],
+    ) -> None:
+        self.consumer_tag = consumer_tag
+        self.state = ConsumerState.ALIVE  # it was consuming when the watch began
+        self._channel = channel
+        self._interval_s = interval_s
+        self._grace_s = grace_s
+        self._on_lost = on_lost
+        self._misses = 0
+        self._missing_since_s = 0.0
+
+    @property
+    def consuming(self) -> bool:
+        return self.state is ConsumerState.ALIVE
+
+    async def run(self) -> None:
+        """Check every ``interval_s`` until the consumer is lost (or the task is cancelled)."""
+        while True:
+            await asyncio.sleep(self._interval_s)
+            self.state = await consumer_state(self._channel, self.consumer_tag, self._interval_s)
+            if self.observe(self.state, time.monotonic()):
+                self._on_lost()
+                return
+
+    def observe(self, state: ConsumerState, now_s: float) -> bool:
+        """Count one check; True once the consumer is lost for good."""
         if state is not ConsumerState.MISSING:
-            if misses:
-                log.info("consumer_restored", consumer_tag=consumer_tag)
-            misses = 0
-            continue
-        misses += 1
-        if misses == 1:
-            missing_since = time.monotonic()
-        missing_s = time.monotonic() - missing_since
-        if misses < MISSES_BEFORE_LOST or missing_s < grace_s:
-            log.warning("consumer_missing", consumer_tag=consumer_tag, checks=misses)
-            continue
+            if self._misses:
+                log.info("consumer_restored", consumer_tag=self.consumer_tag)
+            self._misses = 0
+            return False
+        self._misses += 1
+        if self._misses == 1:
+            self._missing_since_s = now_s
+        missing_s = now_s - self._missing_since_s
+        if self._misses < MISSES_BEFORE_LOST or missing_s < self._grace_s:
+            log.warning("consumer_missing", consumer_tag=self.consumer_tag, checks=self._misses)
+            return False
         log.error(
             "consumer_lost",
-            consumer_tag=consumer_tag,
-            checks=misses,
+            consumer_tag=self.consumer_tag,
+            checks=self._misses,
             action="stopping; a supervisor should start the worker again",
         )
-        on_lost()
-        return
+        return True

@@ -77,11 +77,20 @@ class RequestHandler:
 
     # -- the two entry points ------------------------------------------------------------------
 
-    async def handle(self, message: AbstractIncomingMessage, started: float) -> Outcome:
-        """A delivery of the prefetch-1 consumer, the only one that runs requests."""
+    async def handle(
+        self,
+        message: AbstractIncomingMessage,
+        started: float,
+        decided: Callable[[], None] = lambda: None,
+    ) -> Outcome:
+        """A delivery of the prefetch-1 consumer, the only one that runs requests.
+
+        ``decided`` is called once the body is a valid request (intake ends there; a
+        rejection's intake ends when the worker has applied it)."""
         request = await self.decide(message)
         if isinstance(request, Outcome):
             return request
+        decided()
         doomed = self.timed_out.reason(message.message_id)
         if doomed is not None:  # ran before, and the broker's consumer timeout killed it
             reason = _consumer_timeout_rejection(request.id, doomed)
@@ -108,20 +117,18 @@ class RequestHandler:
     async def decide(
         self, message: AbstractIncomingMessage, *, from_lane: bool = False
     ) -> BenchmarkRequest | Outcome:
-        """The valid request, or the rejection (its error finish already published), all of
-        it inside the intake bound the heartbeat watches."""
-        with self._fleet.intake(message.delivery_tag):
-            decision = decide(
-                message.body,
-                content_type=message.content_type,
-                content_encoding=message.content_encoding,
-                max_body_bytes=self._settings.worker.max_body_bytes,
-            )
-            if isinstance(decision, RejectRequest):
-                outcome = await self._reject(message, decision)
-                self._on_rejected(from_lane)
-                return outcome
-            return decision
+        """The valid request, or the rejection (its error finish already published)."""
+        decision = decide(
+            message.body,
+            content_type=message.content_type,
+            content_encoding=message.content_encoding,
+            max_body_bytes=self._settings.worker.max_body_bytes,
+        )
+        if isinstance(decision, RejectRequest):
+            outcome = await self._reject(message, decision)
+            self._on_rejected(from_lane)
+            return outcome
+        return decision
 
     async def _reject(self, message: AbstractIncomingMessage, exc: RejectRequest) -> Outcome:
         log.warning(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 import aio_pika
@@ -26,14 +27,14 @@ from contracts import BenchmarkRequest, FinishEvent
 from service.config import Settings
 from service.consumer import consumer_timeout, outcomes
 from service.consumer.broker import Topology, connect, declare_topology, request_queue_arguments
-from service.consumer.consumer_watch import watch_consumer
+from service.consumer.consumer_watch import ConsumerWatch
 from service.consumer.dead_letters import DeadLetters
 from service.consumer.delivery import channel_closed
 from service.consumer.handling import RequestHandler
 from service.consumer.outcomes import Outcome
 from service.consumer.publisher import EventPublisher
 from service.consumer.reject_lane import RejectLane
-from service.engine.workload import Emit, run_workload
+from service.engine.workload import Emit, StepTracker, run_workload
 from service.executor.launch import make_pool
 from service.executor.topology import CpuTopology
 from service.fleet.member import Fleet
@@ -106,16 +107,15 @@ class Worker:
             await self._fleet.start(consume_connection, publish_connection, events)
             self._lane = await self._reject_lane(consume_connection)
             tag = await topology.requests.consume(self._on_message)
-            self._fleet.watch_consumer(consume_channel, tag)
-            watch = asyncio.create_task(
-                watch_consumer(
-                    consume_channel,
-                    tag,
-                    self._settings.worker.consumer_check_s,
-                    2 * broker.reconnect_interval_s + self._settings.worker.consumer_check_s,
-                    self._consumer_lost,
-                )
+            consumer = ConsumerWatch(
+                consume_channel,
+                tag,
+                self._settings.worker.consumer_check_s,
+                2 * broker.reconnect_interval_s + self._settings.worker.consumer_check_s,
+                self._consumer_lost,
             )
+            self._fleet.watch_consumer(lambda: consumer.consuming)
+            watch = asyncio.create_task(consumer.run())
             log.info("worker_started", queue=broker.requests_queue, **self._node)
             self.ready.set()
             await self._stop.wait()
@@ -164,9 +164,12 @@ class Worker:
     async def _on_lane_message(self, message: AbstractIncomingMessage) -> None:
         """Reject lane: bad bodies are dead-lettered; a valid request closes the lane and goes
         back to the queue at once (the lane never runs one)."""
-        with structlog.contextvars.bound_contextvars(
-            delivery_tag=message.delivery_tag, body_bytes=len(message.body), lane="reject"
-        ):
+        with (
+            structlog.contextvars.bound_contextvars(
+                delivery_tag=message.delivery_tag, body_bytes=len(message.body), lane="reject"
+            ),
+            self._fleet.intake(message.delivery_tag),
+        ):  # all of it: the lane runs nothing
             outcome = await self._handler().handle_on_lane(message)
             if outcome is outcomes.HANDED_BACK and self._lane is not None:
                 await self._lane.close("valid request")
@@ -206,12 +209,15 @@ class Worker:
         try:
             async with self._one_at_a_time:
                 self._current, self._current_message = task, message
-                with structlog.contextvars.bound_contextvars(
-                    delivery_tag=message.delivery_tag,
-                    redelivered=message.redelivered,
-                    body_bytes=len(message.body),
+                with (
+                    structlog.contextvars.bound_contextvars(
+                        delivery_tag=message.delivery_tag,
+                        redelivered=message.redelivered,
+                        body_bytes=len(message.body),
+                    ),
+                    self._fleet.intake(message.delivery_tag) as decided,
                 ):
-                    outcome = await self._outcome_of(message, started)
+                    outcome = await self._outcome_of(message, started, decided)
                     await outcomes.apply(message, outcome, self._dead_letters)
         except asyncio.CancelledError:
             await asyncio.shield(self._abandon(message))
@@ -221,11 +227,15 @@ class Worker:
                 self._current, self._current_message = None, None
             self._handlers.discard(task)
 
-    async def _outcome_of(self, message: AbstractIncomingMessage, started: float) -> Outcome:
+    async def _outcome_of(
+        self, message: AbstractIncomingMessage, started: float, decided: Callable[[], None]
+    ) -> Outcome:
+        """The handler's outcome; intake (the bound ``check`` watches) lasts until a valid
+        request is decided or, for a rejection, until it is dead-lettered and settled."""
         if self._stop.is_set():  # waited behind a request while shutting down
             log.info("request_returned_to_queue", reason="shutdown")
             return outcomes.SHUTDOWN
-        return await self._handler().handle(message, started)
+        return await self._handler().handle(message, started, decided)
 
     async def _abandon(self, message: AbstractIncomingMessage) -> None:
         """Cancelled (shutdown past grace, or the channel of the delivery closed): runners are
@@ -257,23 +267,28 @@ class Worker:
     async def _benchmark(
         self, request: BenchmarkRequest, run_id: str, labels: dict[str, Any], emit: Emit
     ) -> FinishEvent:
-        """The workload engine on this worker's CPUs and runners; the fleet observes it
-        (busy, current step, cancel)."""
-        return await self._fleet.run(
-            request,
-            run_id,
-            lambda observed: run_workload(
-                request,
-                self._settings,
-                self._topology,
-                observed,
-                run_id,
-                self._node,
-                labels,
-                self.pool,
-            ),
-            emit,
-        )
+        """The workload engine on this worker's CPUs and runners, as a task the fleet observes:
+        a cancel ends it with the 'cancelled' finish; a cancel of this worker (shutdown, lost
+        delivery) propagates, and the request goes back to the queue."""
+        dropped = self._fleet.cancelled_before(request.id, run_id)
+        if dropped is not None:
+            return dropped
+        steps = StepTracker()
+        task = asyncio.create_task(
+            run_workload(request, self._settings, self._topology, emit, run_id, self._node,
+                         labels, self.pool, steps)
+        )  # fmt: skip
+        with self._fleet.busy_with(request.id, task, steps) as running:
+            try:
+                running.finish = await task
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if running.cancel is None or (current is not None and current.cancelling()):
+                    raise
+                running.finish = self._fleet.cancelled_finish(
+                    request.id, run_id, steps.current, running.cancel
+                )
+        return running.finish
 
     def _handler(self) -> RequestHandler:
         assert self._requests is not None, "deliveries arrive only once the worker consumes"

@@ -26,6 +26,7 @@ class SignOff:
     dataset: dict[str, Any] | None = None
     run_length: dict[str, Any] = field(default_factory=dict)
     performance_results: dict[str, list[RunnerResult]] = field(default_factory=dict)
+    point_results: dict[tuple[object, str], list[RunnerResult]] = field(default_factory=dict)
 
     @classmethod
     async def collect(
@@ -33,15 +34,17 @@ class SignOff:
         config: RunnerConfig,
         runner_cpus: Sequence[int],
         run_length_chosen: Sequence[str] = (),
+        known_sha256: Mapping[str, str] | None = None,
     ) -> SignOff:
-        """Read the machine and hash the models (in threads: models can be big).
+        """Read the machine and hash the models (in threads: models can be big); a model in
+        ``known_sha256`` (the worker hashed it for the result store) is not hashed again.
 
         ``run_length_chosen``: the run-length settings the request set itself; a window too
         short for a percentile is then what was asked for (a warning), not a wrong result.
         """
         machine = await asyncio.to_thread(fingerprint.machine_facts, runner_cpus)
         models = await fingerprint.hash_models(
-            {role: model.path for role, model in config.models.items()}
+            {role: model.path for role, model in config.models.items()}, known_sha256
         )
         dataset = None
         if config.dataset is not None:
@@ -59,20 +62,39 @@ class SignOff:
         return self.models.get(role, {}).get("size_bytes")
 
     async def performance_figures(
-        self, role: str, results: Sequence[RunnerResult], pinning_mismatches: Sequence[str]
+        self,
+        role: str,
+        results: Sequence[RunnerResult],
+        pinning_mismatches: Sequence[str],
+        batch_size: int | None = None,
+        point: object | None = None,
     ) -> dict[str, Any]:
-        """A performance step's figures, costs and verdict (statistics run in a thread)."""
+        """A performance step's figures, costs and verdict (statistics run in a thread).
+
+        ``batch_size`` and ``point``: a sweep point's (its results are kept apart from the
+        main point's, whose speedup interval :meth:`comparison` computes)."""
         figures = await asyncio.to_thread(
             aggregate.summarize_performance,
             results,
-            self.batch_size,
+            batch_size or self.batch_size,
             aggregate.ROLE_SEEDS.get(role, stats.BOOTSTRAP_SEED),
         )
         figures["costs"]["model_size_bytes"] = self._model_size(role)
         figures["run_length"] = self.run_length
         figures["verdict"] = verdict.performance_verdict(figures, pinning_mismatches)
-        self.performance_results[role] = list(results)
+        if point is None:
+            self.performance_results[role] = list(results)
+        else:
+            self.point_results[(point, role)] = list(results)
         return figures
+
+    def point_speedup_interval(self, point: object, batch_size: int) -> list[float] | None:
+        """The 95% interval of a sweep point's speedup, when both models were measured."""
+        base = self.point_results.get((point, "input_model"))
+        new = self.point_results.get((point, "optimized_model"))
+        if not base or not new:
+            return None
+        return aggregate.speedup_interval(base, new, batch_size)
 
     def accuracy_figures(
         self, role: str, result: RunnerResult, pinning_mismatches: Sequence[str]

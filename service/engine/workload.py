@@ -10,7 +10,7 @@ import asyncio
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from service.engine import results as result_store
 from service.engine.onednn import OneDnnDecision
 from service.engine.paths import VALIDATE_STEP, model_format, require_existing, resolve_allowed
 from service.engine.signoff import SignOff
+from service.engine.sweep import SweepPoint, SweepTable, run_order, speedup, sweep_points
 from service.engine.window_plan import WindowPlan, plan_window
 from service.errors import StepFailed
 from service.executor.launch import (
@@ -50,7 +51,7 @@ from service.executor.planner import InstancePlan, Plan, PlanError, accuracy_pla
 from service.executor.topology import CpuTopology
 from service.executor.warm_pool import WarmPool
 from service.figures import aggregate, fingerprint, verdict
-from service.runner.protocol import RunnerConfig, RunnerModel
+from service.runner.protocol import RunnerConfig, RunnerModel, ScenarioConfig
 from service.runner.sandbox import RunnerLimits
 
 log = structlog.get_logger()
@@ -72,10 +73,11 @@ class Workload:
     config: RunnerConfig
     topology: CpuTopology
     onednn: OneDnnDecision
-    extra: dict[str, Any] = field(default_factory=dict)
     limits: RunnerLimits = field(default_factory=RunnerLimits)
     dataset_source: str = "none"
     pool: WarmPool | None = None
+    stem_prefix: str = ""  # a sweep point's files: "sweep_b8_2x1_"
+    layouts: dict[tuple[int, int], Plan] = field(default_factory=dict)  # sweep layouts' plans
 
     @property
     def runner_cpus(self) -> list[int]:
@@ -114,13 +116,15 @@ def prepare(
     )
     dataset = None if choice.path is None else str(choice.path)
     stable = workload_directory(request, settings)
+    settings_ = request.benchmark
+    one_stream = settings_.scenario.name != "offline"  # LoadGen drives one instance
     try:
         plan = plan_instances(
-            topology, request.benchmark.instances, request.benchmark.cores_per_instance
+            topology, 1 if one_stream else settings_.instances, settings_.cores_per_instance
         )
     except PlanError as exc:
         raise StepFailed("plan", str(exc)) from None
-    settings_ = request.benchmark
+    layouts = _sweep_layouts(request, topology)
     decision = preflight.decide(settings_.onednn or settings.worker.onednn, models)
     config = RunnerConfig(
         id=request.id,
@@ -138,6 +142,7 @@ def prepare(
         outputs=list(settings_.outputs) if settings_.outputs else None,
         onednn=decision.effective,
         freeze_cache_dir=str(stable.parent.parent / FREEZE_CACHE_DIR),
+        scenario=ScenarioConfig.model_validate(settings_.scenario.model_dump()),
     )
     try:
         directory = run_dirs.create_run_directory(stable, run_id, settings.worker.keep_runs)
@@ -149,8 +154,22 @@ def prepare(
     limits = runner_limits(settings.worker, max(len(i.cpus) for i in plan.instances))
     return Workload(
         request, run_id, directory, directory / "config.yaml", plan, config, topology,
-        onednn=decision, limits=limits, dataset_source=choice.source,
+        onednn=decision, limits=limits, dataset_source=choice.source, layouts=layouts,
     )  # fmt: skip
+
+
+def _sweep_layouts(request: BenchmarkRequest, topology: CpuTopology) -> dict[tuple[int, int], Plan]:
+    """The plan of every sweep layout, checked before anything runs: a layout that does not
+    fit this worker's CPUs fails the request at step ``plan``, naming the layout."""
+    sweep = request.benchmark.sweep
+    plans: dict[tuple[int, int], Plan] = {}
+    for layout in () if sweep is None else sweep.layouts:
+        shape = (layout.instances, layout.cores_per_instance)
+        try:
+            plans[shape] = plan_instances(topology, *shape)
+        except PlanError as exc:
+            raise StepFailed("plan", f"sweep layout {shape[0]}x{shape[1]}: {exc}") from None
+    return plans
 
 
 def model_hashes(request: BenchmarkRequest, roots: tuple[Path, ...]) -> dict[str, str]:
@@ -199,16 +218,18 @@ async def run_workload(
     node: dict[str, Any] | None = None,
     labels: Mapping[str, Any] | None = None,
     pool: WarmPool | None = None,
+    tracker: StepTracker | None = None,
 ) -> FinishEvent:
     """Run every step of ``request``; return the finish event (success or error).
 
     ``labels`` go into every event's data (the worker's ``attempt``, ``request_sha256``).
-    With ``pool``, steps and the pre-flight check run in warm runners.
+    With ``pool``, steps and the pre-flight check run in warm runners. ``tracker`` follows the
+    current step (for whoever may cancel the run).
     """
     timeout_s = min(
         request.benchmark.timeout_s or settings.worker.timeout_s, settings.worker.timeout_s
     )
-    tracker = _StepTracker()
+    tracker = tracker or StepTracker()
     extra = {"run_id": run_id, **(labels or {}), **({"node": node} if node else {})}
     try:
         async with asyncio.timeout(timeout_s):
@@ -228,7 +249,9 @@ async def run_workload(
                 settings.worker.preflight_timeout_s,
                 pool,
             )
-            finish = await _run_steps(workload, emit, tracker, {**extra, "preflight": checked})
+            finish = await _run_steps(
+                workload, emit, tracker, {**extra, "preflight": checked}, known_sha256
+            )
     except TimeoutError:
         finish = error_finish(
             request.id,
@@ -241,12 +264,19 @@ async def run_workload(
     return finish
 
 
-class _StepTracker:
+class StepTracker:
+    """The step a workload is in: its one owner. The fleet reads it to name the step a cancel
+    ended; a time-out's error finish names it too."""
+
     current: str = VALIDATE_STEP
 
 
 async def _run_steps(
-    workload: Workload, emit: Emit, tracker: _StepTracker, extra: dict[str, Any]
+    workload: Workload,
+    emit: Emit,
+    tracker: StepTracker,
+    extra: dict[str, Any],
+    known_sha256: Mapping[str, str] | None,
 ) -> FinishEvent:
     request = workload.request
     steps = request.steps()
@@ -254,8 +284,14 @@ async def _run_steps(
     if workload.config.dataset is not None:
         payload["dataset"] = {"path": workload.config.dataset, "source": workload.dataset_source}
     signoff = await SignOff.collect(  # machine, hashes
-        workload.config, workload.runner_cpus, request.benchmark.run_length_chosen()
+        workload.config,
+        workload.runner_cpus,
+        request.benchmark.run_length_chosen(),
+        known_sha256,
     )
+    points = sweep_points(request, _main_point(workload))
+    sweep_runs = run_order(points, [role for role, _, mode in steps if mode == "performance"])
+    total = len(steps) + len(sweep_runs)
     for number, (role, spec, mode) in enumerate(steps, start=1):
         tracker.current = f"{role}/{mode}"
         try:
@@ -268,26 +304,97 @@ async def _run_steps(
         payload["execution_details"].setdefault(step_key(role), {})[mode] = details
         payload.update(headline)
         payload.update(signoff.summary(payload["execution_details"]))  # fingerprint, verdict
-        payload.update(progress=f"{number}/{len(steps)}", current_step=number,
-                       number_of_steps=len(steps))  # fmt: skip
+        payload.update(progress=f"{number}/{total}", current_step=number,
+                       number_of_steps=total)  # fmt: skip
         await emit(ProgressEvent(data=ResultData.model_validate(payload)))
     payload.update(signoff.comparison(payload))  # speedup, its interval, accuracy delta
+    if points:
+        await _run_sweep(workload, signoff, points, sweep_runs, payload, emit, tracker)
     finish = FinishEvent(status="success", data=ResultData.model_validate(payload))
     _write_result(workload.directory, finish)
     return finish
 
 
+def _main_point(workload: Workload) -> tuple[int, int, int]:
+    plan = workload.plan
+    return (workload.config.batch_size, len(plan.instances), plan.cores_per_instance)
+
+
+async def _run_sweep(
+    workload: Workload,
+    signoff: SignOff,
+    points: list[SweepPoint],
+    runs: list[tuple[SweepPoint, ModelRole]],
+    payload: dict[str, Any],
+    emit: Emit,
+    tracker: StepTracker,
+) -> None:
+    """Every sweep point beyond the main one, for each model measured for performance, in
+    :func:`service.engine.sweep.run_order`; a progress event after each. A point that fails
+    (a fixed batch dimension, a runner that dies) is a row saying why; the sweep goes on."""
+    roles = list(dict.fromkeys(role for _, role in runs))
+    table = SweepTable(points, roles)
+    main = points[0]
+    for role in roles:
+        table.add(main, role, payload["execution_details"][step_key(role)]["performance"])
+    table.set_speedup(main, payload.get("speedup"), payload.get("speedup_ci95"))
+    specs = dict(workload.request.models())
+    done_before = int(payload["current_step"])
+    for number, (point, role) in enumerate(runs, start=done_before + 1):
+        tracker.current = f"sweep/{point.label}/{role}"
+        variant = _point_workload(workload, point)
+        try:
+            details, _ = await _run_step(variant, role, specs[role], "performance", signoff,
+                                         point=point)  # fmt: skip
+            table.add(point, role, details)
+        except StepFailed as exc:
+            log.warning("sweep_point_failed", point=point.label, role=role, error=exc.message)
+            table.failed(point, role, exc.message)
+        models = table.figures.get(point.key(), {})
+        if set(models) == {"input_model", "optimized_model"}:
+            table.set_speedup(
+                point,
+                speedup(models["input_model"].get("throughput_samples_per_s"),
+                        models["optimized_model"].get("throughput_samples_per_s")),
+                signoff.point_speedup_interval(point, point.batch_size),
+            )  # fmt: skip
+        payload["sweep"] = table.to_dict()
+        payload.update(progress=f"{number}/{payload['number_of_steps']}", current_step=number)
+        await emit(ProgressEvent(data=ResultData.model_validate(payload)))
+
+
+def _point_workload(workload: Workload, point: SweepPoint) -> Workload:
+    """The workload as one sweep point runs it: its batch size's config file, its layout's
+    plan, its own file names in the same run directory."""
+    plan = workload.layouts.get((point.instances, point.cores_per_instance), workload.plan)
+    config, config_path = workload.config, workload.config_path
+    if point.batch_size != config.batch_size:
+        config = config.model_copy(update={"batch_size": point.batch_size})
+        config_path = workload.directory / f"config_b{point.batch_size}.yaml"
+        if not config_path.exists():
+            config.write(config_path)
+    return replace(
+        workload, plan=plan, config=config, config_path=config_path,
+        stem_prefix=f"sweep_{point.label}_",
+    )  # fmt: skip
+
+
 async def _run_step(
-    workload: Workload, role: ModelRole, spec: ModelSpec, mode: str, signoff: SignOff
+    workload: Workload,
+    role: ModelRole,
+    spec: ModelSpec,
+    mode: str,
+    signoff: SignOff,
+    point: SweepPoint | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Run one (model, mode) step on its planned CPUs; return its details and headline figures."""
-    step = f"{role}/{mode}"
+    step = f"{role}/{mode}" if point is None else f"sweep/{point.label}/{role}"
     instances: tuple[InstancePlan, ...] = (
         workload.plan.instances if mode == "performance" else (accuracy_plan(workload.plan),)
     )
     sync_dir = None
     if mode == "performance":
-        sync_dir = workload.directory / f"sync_{role}_{mode}"
+        sync_dir = workload.directory / f"sync_{workload.stem_prefix}{role}_{mode}"
         sync_dir.mkdir()
     launches = [
         _launch(workload, role, mode, number, instance, sync_dir)
@@ -326,7 +433,9 @@ async def _run_step(
         details["window_plan"] = planned[0].to_dict()
     try:
         if mode == "performance":
-            figures = await signoff.performance_figures(role, results, mismatches)
+            figures = await signoff.performance_figures(
+                role, results, mismatches, workload.config.batch_size, point
+            )
             headline = {
                 f"perf_throughput_{role}": figures["throughput_samples_per_s"],
                 f"perf_latency_{role}": figures["latency_ms"],
@@ -340,6 +449,9 @@ async def _run_step(
     details["inputs"] = [t.model_dump() for t in results[0].inputs]
     details["fed_shapes"] = results[0].fed_shapes
     details["outputs"] = results[0].outputs
+    loadgen = results[0].performance.loadgen if results[0].performance else None
+    if loadgen is not None:
+        details["scenario"] = loadgen
     details["tensorflow_version"] = results[0].tensorflow_version
     details["onednn_enabled"] = results[0].onednn_enabled
     details["onednn"] = workload.onednn.details(results[0].onednn_enabled)
@@ -361,7 +473,7 @@ def _launch(
     instance: InstancePlan,
     sync_dir: Path | None,
 ) -> InstanceLaunch:
-    stem = f"{role}_{mode}_benchmark"
+    stem = f"{workload.stem_prefix}{role}_{mode}_benchmark"
     result_path = workload.directory / f"{stem}_{number}.json"
     argv = runner_argv(
         workload.config_path, role, mode, number, instance.cpus, result_path, sync_dir

@@ -127,12 +127,47 @@ def summarize_performance(
             "confidence": stats.BOOTSTRAP_CONFIDENCE,
             "seed": seed,
         },
+        "latency_quantiles_ms": latency_quantiles(latencies),
+        "throughput_timeline": throughput_timeline(perfs, window_start_s, window_end_s, batch_size),
         "window_s": round(window_s, 6),
         "samples_in_window": in_window * batch_size,
         "stop_reason": reasons.pop() if len(reasons) == 1 else "mixed",
         "per_instance": per_instance,
         "costs": _costs(results),
     }
+
+
+QUANTILE_POINTS = 51  # 0%, 2%, ..., 100%: a CDF worth drawing, small in the event
+
+
+def latency_quantiles(sorted_latencies_ms: Sequence[float]) -> list[float]:
+    """The latency at 0%, 2%, ..., 100% of the calls (linear interpolation): the step's CDF."""
+    if not sorted_latencies_ms:
+        return []
+    levels = np.linspace(0.0, 1.0, QUANTILE_POINTS)
+    return [round(float(v), 4) for v in np.quantile(np.asarray(sorted_latencies_ms), levels)]
+
+
+def timeline_bucket_s(window_s: float) -> float:
+    """0.5 s buckets, or a tenth of a window shorter than 5 s."""
+    return 0.5 if window_s >= 5 else max(round(window_s / 10, 3), 0.001)
+
+
+def throughput_timeline(
+    perfs: Sequence[PerformanceResult], start_s: float, end_s: float, batch_size: int
+) -> dict[str, Any]:
+    """Samples per second of all instances together in each full bucket of the common window:
+    warm-up left-overs, throttling or a noisy neighbour show as a slope or a dip."""
+    bucket_s = timeline_bucket_s(end_s - start_s)
+    buckets = int((end_s - start_s) / bucket_s + 1e-9)
+    counts = np.zeros(max(buckets, 0), dtype=np.int64)
+    for perf in perfs:
+        ends = np.asarray(perf.batch_end_times_s)
+        index = np.floor((ends[(ends > start_s) & (ends <= end_s)] - start_s) / bucket_s)
+        index = index[index < buckets].astype(np.int64)
+        counts += np.bincount(index, minlength=buckets)[:buckets]
+    rates = [round(int(c) * batch_size / bucket_s, 3) for c in counts]
+    return {"bucket_s": bucket_s, "samples_per_s": rates}
 
 
 def _rounded_pair(pair: tuple[float, float] | None, digits: int = 4) -> list[float] | None:

@@ -225,19 +225,33 @@ def _feed(digest: Any, path: Path) -> int:
     return size
 
 
-async def hash_models(paths: Mapping[str, str]) -> dict[str, dict[str, Any]]:
-    """``{role: {sha256, size_bytes, files, path}}``, hashed in a thread (models can be big)."""
+async def hash_models(
+    paths: Mapping[str, str], known_sha256: Mapping[str, str] | None = None
+) -> dict[str, dict[str, Any]]:
+    """``{role: {sha256, size_bytes, files, path}}``, in a thread (models can be big).
+
+    A role in ``known_sha256`` (hashed earlier in the same request) is not read again: only
+    its size and file count are taken from the file system."""
+    known = known_sha256 or {}
 
     def hash_all() -> dict[str, dict[str, Any]]:
         out = {}
         for role, raw in paths.items():
             try:
-                out[role] = {**hash_path(Path(raw)), "path": raw}
+                facts = _sized(Path(raw), known[role]) if role in known else hash_path(Path(raw))
+                out[role] = {**facts, "path": raw}
             except OSError as exc:
                 out[role] = {"sha256": None, "error": exc.strerror, "path": raw}
         return out
 
     return await asyncio.to_thread(hash_all)
+
+
+def _sized(path: Path, sha256: str) -> dict[str, Any]:
+    """:func:`hash_path`'s answer for a model whose digest is known: sizes from ``stat``."""
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    size = sum(file.stat().st_size for file in files)
+    return {"sha256": sha256, "size_bytes": size, "files": len(files)}
 
 
 def runner_facts(details: Mapping[str, Any]) -> dict[str, Any]:

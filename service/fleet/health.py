@@ -14,7 +14,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -26,7 +26,7 @@ from service.atomic import write_atomic
 log = structlog.get_logger()
 
 HeartbeatState = Literal["starting", "consuming", "consumer_lost", "stopping", "stopped"]
-ConsumerProbe = Callable[[], Awaitable[bool]]
+ConsumerProbe = Callable[[], bool]  # the consumer watch's last answer
 
 
 def default_heartbeat_file(workspace: Path, node_id: str) -> Path:
@@ -93,7 +93,8 @@ def _process_exists(pid: int) -> bool:
 
 
 class Heartbeat:
-    """Rewrites the heartbeat file periodically from a consumer probe; state changes at once."""
+    """Rewrites the heartbeat file periodically with the consumer watch's answer; state changes
+    at once."""
 
     def __init__(self, path: Path, interval_s: float, fields: Callable[[], dict[str, Any]]) -> None:
         self.path = path
@@ -138,12 +139,7 @@ class Heartbeat:
     async def _every_interval(self) -> None:
         while True:
             await asyncio.sleep(self._interval_s)
-            alive = False
-            if self._probe is not None:
-                try:
-                    alive = await self._probe()
-                except Exception as exc:
-                    log.warning("consumer_probe_failed", error=repr(exc))
+            alive = self._probe is not None and self._probe()
             self.write("consuming" if alive else "consumer_lost")
 
 

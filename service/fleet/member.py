@@ -1,8 +1,9 @@
 """What a worker does as one node of a fleet: identity, node status, cancel, health, metrics.
 
 The worker owns one :class:`Fleet`. It calls :meth:`Fleet.start` once its connections are up,
-:meth:`Fleet.watch_consumer` once it consumes, runs each benchmark through :meth:`Fleet.run`
-(which makes it cancellable and counts its outcome), and calls :meth:`Fleet.stop` at the end.
+:meth:`Fleet.watch_consumer` once it consumes, runs each benchmark as a task inside
+:meth:`Fleet.busy_with` (the fleet observes it: busy, its step, a cancel, its outcome; it runs
+nothing itself), and calls :meth:`Fleet.stop` at the end.
 """
 
 from __future__ import annotations
@@ -11,25 +12,22 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import structlog
-from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
+from aio_pika.abc import AbstractExchange, AbstractRobustConnection
 
 from contracts import (
     CANCELLED_MESSAGE,
-    BenchmarkRequest,
     CancelRequest,
     FinishEvent,
-    ProgressEvent,
-    StartEvent,
     error_finish,
 )
 from service.config import Settings
-from service.engine.workload import Emit
+from service.engine.workload import StepTracker
 from service.executor.warm_pool import WarmPool
 from service.fleet.control import CancelledIds, ControlListener
 from service.fleet.health import Heartbeat, default_heartbeat_file
@@ -39,18 +37,20 @@ from service.fleet.node_status import NodeActivity, NodeStatusPublisher
 
 log = structlog.get_logger()
 
-Work = Callable[[Emit], Coroutine[Any, Any, FinishEvent]]
 QUEUED_STEP = "queued"
 _CONTROL_PREFETCH = 100
 INTAKE_MARGIN_S = 30.0
 
 
 @dataclass
-class _Running:
+class Running:
+    """The request a node is busy with, as the fleet sees it."""
+
     workload_id: str
     task: asyncio.Task[FinishEvent]
-    step: str = "prepare"
-    cancel: CancelRequest | None = None
+    steps: StepTracker
+    cancel: CancelRequest | None = None  # the cancel that ended it, if one did
+    finish: FinishEvent | None = None
 
 
 class Fleet:
@@ -71,7 +71,7 @@ class Fleet:
         )
         self._status: NodeStatusPublisher | None = None
         self._listener: ControlListener | None = None
-        self._running: _Running | None = None
+        self._running: Running | None = None
         self.runners: WarmPool | None = None  # the worker's warm runners, for status
         self._intake_pending: dict[object, float] = {}  # delivery tag -> monotonic start
         # deciding takes milliseconds; rejecting may wait for two confirms (finish, copy)
@@ -109,18 +109,9 @@ class Fleet:
         )
         self._status.start()  # publishes the first status at once
 
-    def watch_consumer(self, channel: AbstractChannel, consumer_tag: str) -> None:
-        """The worker consumes now: the heartbeat follows that consumer from here on."""
-
-        timeout_s = self._settings.health.heartbeat_interval_s
-
-        async def consuming() -> bool:
-            if channel.is_closed:
-                return False
-            # While reconnecting, the robust channel may wait for its new underlying channel.
-            underlay = await asyncio.wait_for(channel.get_underlay_channel(), timeout_s)
-            return not underlay.is_closed and consumer_tag in getattr(underlay, "consumers", {})
-
+    def watch_consumer(self, consuming: Callable[[], bool]) -> None:
+        """The worker consumes now: the heartbeat reports ``consuming()``, the answer of the
+        worker's one consumer watch (:class:`service.consumer.consumer_watch.ConsumerWatch`)."""
         self.heartbeat.watch(consuming)
 
     def stopping(self) -> None:
@@ -143,49 +134,40 @@ class Fleet:
 
     # -- one request -------------------------------------------------------------------------
 
-    async def run(
-        self, request: BenchmarkRequest, run_id: str, work: Work, inner_emit: Emit
-    ) -> FinishEvent:
-        """Run ``work(emit)`` as a cancellable task; a cancel ends it with the 'cancelled' finish.
+    def cancelled_before(self, workload_id: str, run_id: str) -> FinishEvent | None:
+        """The 'cancelled' finish of a request whose id was cancelled before it arrived (it is
+        not run at all), else None."""
+        if workload_id not in self.cancelled:
+            return None
+        log.info("cancelled_request_dropped", workload_id=workload_id)
+        self._count("cancelled")
+        return self.cancelled_finish(workload_id, run_id, QUEUED_STEP, None)
 
-        ``emit`` passes start and progress events on to ``inner_emit``, noting the step.
-        A request whose id was cancelled before it arrived is not run at all.
-        """
-        if request.id in self.cancelled:
-            log.info("cancelled_request_dropped", workload_id=request.id)
-            self._count("cancelled")
-            return self._cancelled_finish(request.id, run_id, QUEUED_STEP, None)
-        steps = [f"{role}/{mode}" for role, _, mode in request.steps()]
-        running: _Running
-
-        async def emit(event: StartEvent | ProgressEvent) -> None:
-            if isinstance(event, StartEvent):
-                running.step = steps[0]
-            else:
-                running.step = steps[min(event.data.current_step, len(steps) - 1)]
-            await inner_emit(event)
-
-        task = asyncio.create_task(work(emit))
-        running = self._running = _Running(request.id, task)
+    @contextlib.contextmanager
+    def busy_with(
+        self, workload_id: str, task: asyncio.Task[FinishEvent], steps: StepTracker
+    ) -> Iterator[Running]:
+        """While the block runs, the node is busy with ``task`` (the one owner of "busy"): a
+        cancel for ``workload_id`` cancels the task and is noted on the :class:`Running` the
+        block gets. Set its ``finish`` before the block ends and the outcome is counted; a
+        block left by an exception counts as a requeue."""
+        running = self._running = Running(workload_id, task, steps)
         started = time.monotonic()
-        self._set_busy(request.id)
+        self._set_busy(workload_id)
         try:
-            finish = await task
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if running.cancel is None or (current is not None and current.cancelling()):
-                self._count("requeued")
-                raise
-            finish = self._cancelled_finish(request.id, run_id, running.step, running.cancel)
+            yield running
+        except BaseException:
+            self._count("requeued")
+            raise
         finally:
             self._running = None
             self._set_idle()
-        outcome = self._outcome(finish)
-        self._count(outcome)
-        self.metrics.duration.labels(outcome=outcome).observe(time.monotonic() - started)
-        if outcome == "success":
-            self.metrics.last_success.set_to_current_time()
-        return finish
+        if running.finish is not None:
+            outcome = self._outcome(running.finish)
+            self._count(outcome)
+            self.metrics.duration.labels(outcome=outcome).observe(time.monotonic() - started)
+            if outcome == "success":
+                self.metrics.last_success.set_to_current_time()
 
     def request_rejected(self) -> None:
         self._count("rejected")
@@ -197,13 +179,14 @@ class Fleet:
         running = self._running
         if running is None or running.workload_id != cancel.id or running.cancel is not None:
             return
-        log.info("workload_cancelling", workload_id=cancel.id, step=running.step)
+        log.info("workload_cancelling", workload_id=cancel.id, step=running.steps.current)
         running.cancel = cancel
         running.task.cancel()  # launch.run_instances kills the runners' process group
 
-    def _cancelled_finish(
+    def cancelled_finish(
         self, workload_id: str, run_id: str, step: str, cancel: CancelRequest | None
     ) -> FinishEvent:
+        """The error finish of a cancelled request, naming the step it was in."""
         reason = cancel.reason if cancel is not None else self.cancelled.reason(workload_id)
         extra: dict[str, Any] = {"run_id": run_id, "node": self.node, "reason": "cancelled"}
         if reason:
@@ -239,16 +222,22 @@ class Fleet:
             self._status.publish_soon()
 
     @contextlib.contextmanager
-    def intake(self, delivery_tag: int | None) -> Iterator[None]:
-        """A delivery in intake: decoded, checked and, if rejected, dead-lettered and settled.
+    def intake(self, delivery_tag: int | None) -> Iterator[Callable[[], None]]:
+        """A delivery in intake, until the block ends or it calls what it is given (a valid
+        request, decided: its run is not intake): decoded, checked and, if rejected,
+        dead-lettered and settled.
 
         The heartbeat carries the oldest one's age, and ``check`` fails past the bound: a
         delivery nobody decides on (a stuck consumer callback) shows, instead of a worker that
         looks consuming while the requests behind it wait."""
         key = object() if delivery_tag is None else delivery_tag
         self._intake_pending[key] = time.monotonic()
+
+        def decided() -> None:
+            self._intake_pending.pop(key, None)
+
         try:
-            yield
+            yield decided
         finally:
             self._intake_pending.pop(key, None)
 

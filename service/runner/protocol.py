@@ -7,7 +7,7 @@ reads it, benchmarks one (model, mode, instance) and writes a JSON :class:`Runne
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Self
+from typing import Any, Literal, Self
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
@@ -46,6 +46,14 @@ class RunnerModel(_Strict):
     )
 
 
+class ScenarioConfig(_Strict):
+    """The request's scenario as a runner needs it (contracts.Scenario, plus run rules)."""
+
+    name: Literal["offline", "single_stream", "server"] = "offline"
+    target_latency_ms: float | None = Field(default=None, gt=0)
+    target_percentile: float = Field(default=99.0, gt=0, lt=100)
+
+
 class RunnerConfig(_Strict):
     """The workload's ``config.yaml``."""
 
@@ -69,6 +77,7 @@ class RunnerConfig(_Strict):
         description="Where SavedModel and Keras models are kept frozen (service.runner."
         "freeze_cache); None: freeze in every process",
     )
+    scenario: ScenarioConfig = Field(default_factory=ScenarioConfig)
     onednn: bool | None = Field(
         default=None,
         description="TF_ENABLE_ONEDNN_OPTS the runner sets before TensorFlow starts (the "
@@ -136,6 +145,11 @@ class PerformanceResult(_Strict):
     batch_latencies_ms: list[float]
     stop_reason: str = Field(description="iterations | duration_and_min_iterations | max_duration")
     cpu_window: CpuWindow | None = None
+    loadgen: dict[str, Any] | None = Field(
+        default=None,
+        description="scenario single_stream or server: what MLPerf LoadGen reported "
+        "(service.runner.loadgen_run); the timings above are its reported run's queries",
+    )
 
 
 class AccuracyResult(_Strict):

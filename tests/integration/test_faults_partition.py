@@ -10,7 +10,8 @@ the request while the cut-off worker may still be benchmarking it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import contextlib
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,10 @@ import pytest
 from yarl import URL
 
 from contracts import FinishEvent, StartEvent
+from tests.integration.bus import WorkerProcess
 from tests.integration.fleet import fleet_config
 from tests.integration.reliability import (
+    Subscription,
     configure,
     long_request,
     publish_json,
@@ -54,6 +57,20 @@ def _partitioned_configs(
     return worker_config, direct
 
 
+@contextlib.asynccontextmanager
+async def _request_on(
+    config: Path, amqp_url: str, names: dict[str, str], request: dict[str, Any]
+) -> AsyncIterator[tuple[Subscription, WorkerProcess]]:
+    """A worker on ``config`` and a subscriber of ``request``'s events, the request published."""
+    queue = names["requests_queue"]
+    async with (
+        subscribe(amqp_url, names["events_exchange"], request["id"]) as events,
+        running_worker(config, amqp_url, queue) as worker,
+    ):
+        await publish_json(amqp_url, queue, request)
+        yield events, worker
+
+
 def _successes(events: list[Any]) -> list[FinishEvent]:
     return [e for e in events if isinstance(e, FinishEvent) and e.status == "success"]
 
@@ -65,12 +82,7 @@ async def test_a_partition_that_heals_before_the_broker_notices_changes_nothing(
     finishes on its first attempt, one success, no reconnect."""
     cut_off, _ = _partitioned_configs(worker_config, proxy, amqp_url)
     request = long_request(sample_dir, duration_s=6)
-    queue = names["requests_queue"]
-    async with (
-        subscribe(amqp_url, names["events_exchange"], request["id"]) as events,
-        running_worker(cut_off, amqp_url, queue) as worker,
-    ):
-        await publish_json(amqp_url, queue, request)
+    async with _request_on(cut_off, amqp_url, names, request) as (events, worker):
         await wait_for_log(worker, "window_planned", timeout_s=120)
         await asyncio.sleep(1)
         proxy.blackhole(buffer=True)
@@ -96,11 +108,7 @@ async def test_a_worker_cut_off_as_its_benchmark_ends_sends_no_second_answer(
     duration_s = 8
     request = long_request(sample_dir, duration_s=duration_s)
     queue = names["requests_queue"]
-    async with (
-        subscribe(amqp_url, names["events_exchange"], request["id"]) as events,
-        running_worker(cut_off, amqp_url, queue) as worker_a,
-    ):
-        await publish_json(amqp_url, queue, request)
+    async with _request_on(cut_off, amqp_url, names, request) as (events, worker_a):
         await events.until_start()
         async with running_worker(direct, amqp_url, queue) as worker_b:
             await wait_for_log(worker_a, "window_planned", timeout_s=120)
@@ -134,11 +142,7 @@ async def test_a_worker_cut_off_for_good_leaves_the_request_to_another(
     cut_off, direct = _partitioned_configs(worker_config, proxy, amqp_url)
     request = long_request(sample_dir, duration_s=12)
     queue = names["requests_queue"]
-    async with (
-        subscribe(amqp_url, names["events_exchange"], request["id"]) as events,
-        running_worker(cut_off, amqp_url, queue) as worker_a,
-    ):
-        await publish_json(amqp_url, queue, request)
+    async with _request_on(cut_off, amqp_url, names, request) as (events, worker_a):
         await events.until_start()
         async with running_worker(direct, amqp_url, queue) as worker_b:
             await wait_for_log(worker_a, "window_planned", timeout_s=120)

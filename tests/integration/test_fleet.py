@@ -23,7 +23,7 @@ from tests.integration.fleet import (
     perf_request,
     poll_until,
 )
-from tests.integration.reliability import close_connections_of
+from tests.integration.reliability import close_connections_of, wait_for_log
 
 pytestmark = [pytest.mark.broker, pytest.mark.tensorflow]
 
@@ -116,6 +116,7 @@ async def test_cancel_kills_a_running_request_and_drops_a_queued_one(
     for request in (running, queued, after):
         await publish_request(bus, names["requests_queue"], json.dumps(request).encode())
     await everything.wait_for(lambda: everything.workload(running["id"]))
+    await wait_for_log(worker, "window_planned", timeout_s=120)  # measuring, past pre-flight
     runners = await wait_for_runners(worker)
 
     assert cli("cancel", queued["id"], "--config", str(config)).returncode == 0

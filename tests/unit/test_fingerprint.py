@@ -6,6 +6,8 @@ import asyncio
 import hashlib
 from pathlib import Path
 
+import pytest
+
 from service.figures import fingerprint
 
 
@@ -56,6 +58,23 @@ def test_hash_models_reports_a_missing_model_instead_of_failing(tmp_path: Path) 
 
     assert hashes["input_model"]["sha256"] == hashlib.sha256(b"abc").hexdigest()
     assert hashes["optimized_model"]["sha256"] is None
+
+
+def test_a_model_hashed_earlier_in_the_request_is_not_read_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker hashes the models for the result store; the sign-off takes those digests and
+    reads only the sizes (a model of gigabytes is read once per request, not twice)."""
+    files = {"saved_model.pb": b"graph", "variables/v.data": b"weights"}
+    model = make_saved_model(tmp_path / "saved", files)
+    fresh = fingerprint.hash_path(model)
+    monkeypatch.setattr(fingerprint, "_feed", lambda *_: pytest.fail("the model was read again"))
+
+    facts = asyncio.run(
+        fingerprint.hash_models({"input_model": str(model)}, {"input_model": fresh["sha256"]})
+    )
+
+    assert {k: facts["input_model"][k] for k in fresh} == fresh
 
 
 def test_topology_from_a_described_sysfs(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@ verdicts, node identity and the node status body."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -14,8 +15,9 @@ import pytest
 
 from contracts import parse_node_status
 from service.config import Settings
+from service.consumer.consumer_watch import ConsumerState, ConsumerWatch
 from service.fleet.control import CancelledIds, cancel_from_message
-from service.fleet.health import check_heartbeat, write_heartbeat
+from service.fleet.health import Heartbeat, check_heartbeat, write_heartbeat
 from service.fleet.member import heartbeat_path
 from service.fleet.node import NodeIdentity, cpu_model, default_worker_id
 from service.fleet.node_status import NodeActivity
@@ -141,3 +143,38 @@ def test_node_status_body_follows_the_contract() -> None:
     assert status.routing_key == f"node.{activity.identity.node_id}.status"
     assert status.data.state == "busy" and status.data.workload_id == "job-1"
     assert status.data.counts.success == 2 and status.data.node.cpu_model
+
+
+def test_consumer_watch_is_what_heartbeat_and_watchdog_read(tmp_path: Path) -> None:
+    """One watcher: a consumer missing once is not lost (the watchdog waits out two checks and
+    the grace), but the heartbeat stops saying consuming at the first miss, and a restored
+    consumer clears both."""
+    lost: list[bool] = []
+    watch = ConsumerWatch(None, "tag", 5.0, 20.0, lambda: lost.append(True))  # type: ignore[arg-type]
+    path = tmp_path / "hb.json"
+
+    async def scenario() -> list[str]:
+        heartbeat = Heartbeat(path, 0.01, dict)
+        heartbeat.watch(lambda: watch.consuming)
+        states = []
+        for state, at_s in [
+            (ConsumerState.MISSING, 0.0),
+            (ConsumerState.ALIVE, 5.0),
+            (ConsumerState.MISSING, 10.0),
+            (ConsumerState.MISSING, 15.0),  # two misses, but only 5 s of the 20 s grace
+            (ConsumerState.RECONNECTING, 20.0),  # not a miss, but not consuming either
+            (ConsumerState.MISSING, 25.0),
+            (ConsumerState.MISSING, 50.0),  # two in a row again, past the grace: lost
+        ]:
+            watch.state = state
+            if watch.observe(state, at_s):
+                lost.append(True)
+            await asyncio.sleep(0.05)
+            states.append(json.loads(path.read_text())["state"])
+        await heartbeat.stop()
+        return states
+
+    states = asyncio.run(scenario())
+    assert states == ["consumer_lost", "consuming", *["consumer_lost"] * 5]
+    assert lost == [True]
+    assert check_heartbeat(path, 30).reason == "worker state is 'stopped', not 'consuming'"

@@ -404,7 +404,7 @@ class FaultProxy:
             return
         link = _Link(len(self._links), reader, writer)
         self._links.append(link)
-        self._spawn(link, self._pump_up(link))
+        self._spawn(link, self._pump(link, upward=True))
         if self._hole_all_new:
             # Accepted, but no connection upstream until heal: the handshake hangs.
             link.blackholed = True
@@ -436,7 +436,7 @@ class FaultProxy:
         link.upstream_port = writer.get_extra_info("sockname")[1]
         if not link.blackholed:
             self._flush(link)
-        self._spawn(link, self._pump_down(link))
+        self._spawn(link, self._pump(link, upward=False))
 
     def _release(self, link: _Link) -> None:
         """After a blackhole: connect, deliver what was kept, or reset a half-closed link."""
@@ -471,41 +471,16 @@ class FaultProxy:
                 link.keep = keep
                 return
 
-    async def _pump_up(self, link: _Link) -> None:
-        reader = link.client_reader
-        while True:
-            try:
-                data = await reader.read(CHUNK)
-            except OSError:
-                data = b""
-            if not data:
-                break
-            self._note_hello(link, data)
-            writer = link.upstream_writer
-            if writer is None:  # not connected (yet): held, as in the sender's buffer
-                if len(link.kept_up) + len(data) <= KEEP_LIMIT:
-                    link.kept_up += data
-                else:
-                    link.dropped_up += len(data)
-            elif link.blackholed:
-                if link.keep and len(link.kept_up) + len(data) <= KEEP_LIMIT:
-                    link.kept_up += data
-                else:
-                    link.dropped_up += len(data)
-            else:
-                link.bytes_up += len(data)
-                writer.write(data)
-                try:
-                    await writer.drain()
-                except OSError:
-                    self._side_gone(link, client=False)
-                    return
-        self._side_gone(link, client=True)
+    async def _pump(self, link: _Link, *, upward: bool) -> None:
+        """Copy one direction of ``link`` (client to broker when ``upward``) until it ends.
 
-    async def _pump_down(self, link: _Link) -> None:
-        reader = link.upstream_reader
+        In a blackhole, bytes are kept (``keep``, up to :data:`KEEP_LIMIT`) or dropped; upward,
+        bytes that arrive before the upstream connection exists are kept, as in the sender's
+        buffer."""
+        reader = link.client_reader if upward else link.upstream_reader
         assert reader is not None
-        writer = link.client_writer
+        kept = link.kept_up if upward else link.kept_down
+        direction = "up" if upward else "down"
         while True:
             try:
                 data = await reader.read(CHUNK)
@@ -513,20 +488,23 @@ class FaultProxy:
                 data = b""
             if not data:
                 break
-            if link.blackholed:
-                if link.keep and len(link.kept_down) + len(data) <= KEEP_LIMIT:
-                    link.kept_down += data
+            if upward:
+                self._note_hello(link, data)
+            writer = link.upstream_writer if upward else link.client_writer
+            if writer is None or link.blackholed:
+                if (writer is None or link.keep) and len(kept) + len(data) <= KEEP_LIMIT:
+                    kept += data  # in place: the link's own buffer
                 else:
-                    link.dropped_down += len(data)
-            else:
-                link.bytes_down += len(data)
-                writer.write(data)
-                try:
-                    await writer.drain()
-                except OSError:
-                    self._side_gone(link, client=True)
-                    return
-        self._side_gone(link, client=False)
+                    _add(link, f"dropped_{direction}", len(data))
+                continue
+            _add(link, f"bytes_{direction}", len(data))
+            writer.write(data)
+            try:
+                await writer.drain()
+            except OSError:
+                self._side_gone(link, client=not upward)
+                return
+        self._side_gone(link, client=upward)
 
     def _side_gone(self, link: _Link, *, client: bool) -> None:
         """One peer closed its end: pass it on, except in a blackhole (no FIN gets through)."""
@@ -561,3 +539,7 @@ class FaultProxy:
         for task in [*link.tasks, link.connecting]:
             if task is not None and task is not current and not task.done():
                 task.cancel()
+
+
+def _add(link: _Link, counter: str, count: int) -> None:
+    setattr(link, counter, getattr(link, counter) + count)
