@@ -17,9 +17,10 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from ._base import Contract
 from .routing import WORKLOAD_ID_PATTERN
@@ -118,36 +119,50 @@ class Layout(Contract):
     cores_per_instance: int = Field(ge=1, le=4096, description="Physical cores per instance.")
 
 
+def _sweep_needs_points(schema: dict[str, Any]) -> None:
+    schema["anyOf"] = [{"required": ["batch_sizes"]}, {"required": ["layouts"]}]
+    for name in ("batch_sizes", "layouts"):
+        schema["properties"][name]["uniqueItems"] = True
+
+
 class Sweep(Contract):
     """Performance points beyond the request's main one: every batch size with every layout,
     for both models under the same settings, interleaved so neither model is favoured."""
 
-    batch_sizes: tuple[int, ...] = Field(
+    model_config = ConfigDict(json_schema_extra=_sweep_needs_points)
+
+    batch_sizes: tuple[Annotated[int, Field(ge=1, le=65536)], ...] = Field(
         default=(),
+        min_length=1,
         max_length=32,
-        description="Batch sizes to measure (each 1..65536). Default: the request's batch_size.",
+        description="Batch sizes to measure, distinct. Default: the request's batch_size.",
     )
     layouts: tuple[Layout, ...] = Field(
         default=(),
+        min_length=1,
         max_length=32,
-        description="Layouts to measure. Default: the request's instances x cores_per_instance.",
+        description="Layouts to measure, distinct. Default: the request's layout.",
     )
 
     @model_validator(mode="after")
     def _points_are_distinct(self) -> Sweep:
-        if any(not 1 <= size <= 65536 for size in self.batch_sizes):
-            raise ValueError("every sweep batch size must be between 1 and 65536")
+        if not self.batch_sizes and not self.layouts:
+            raise ValueError("a sweep needs batch_sizes, layouts or both")
         if len(set(self.batch_sizes)) != len(self.batch_sizes):
             raise ValueError("sweep batch_sizes repeat a value")
         shapes = [(layout.instances, layout.cores_per_instance) for layout in self.layouts]
         if len(set(shapes)) != len(shapes):
             raise ValueError("sweep layouts repeat a layout")
-        if not self.batch_sizes and not self.layouts:
-            raise ValueError("a sweep needs batch_sizes, layouts or both")
         return self
 
 
 ScenarioName = Literal["offline", "single_stream", "server"]
+
+
+def _server_needs_a_target(schema: dict[str, Any]) -> None:
+    schema["if"] = {"properties": {"name": {"const": "server"}}, "required": ["name"]}
+    schema["then"] = {"required": ["target_latency_ms"]}
+    schema["else"] = {"not": {"required": ["target_latency_ms"]}}
 
 
 class Scenario(Contract):
@@ -155,16 +170,25 @@ class Scenario(Contract):
     as it goes; ``single_stream`` one query after the other; ``server`` Poisson arrivals, the
     highest rate whose latency percentile meets ``target_latency_ms`` is searched for."""
 
+    model_config = ConfigDict(json_schema_extra=_server_needs_a_target)
+
     name: ScenarioName = Field(default="offline")
-    target_latency_ms: float | None = Field(
-        default=None, gt=0, le=3_600_000, description="server: the latency bound, ms."
+    target_latency_ms: Annotated[float, Field(gt=0, le=3_600_000)] | SkipJsonSchema[None] = Field(
+        default=None, description="server only: the latency bound, ms."
     )
     target_percentile: float = Field(
         default=99.0, gt=0, lt=100, description="server: the percentile held to the bound."
     )
 
+    @field_validator("target_latency_ms", mode="before")
+    @classmethod
+    def _a_number_when_given(cls, value: Any) -> Any:
+        if value is None:
+            raise ValueError("target_latency_ms must be a number of ms when given")
+        return value
+
     @model_validator(mode="after")
-    def _server_needs_a_target(self) -> Scenario:
+    def _target_only_for_server(self) -> Scenario:
         if self.name == "server" and self.target_latency_ms is None:
             raise ValueError("scenario 'server' needs target_latency_ms")
         if self.name != "server" and self.target_latency_ms is not None:
@@ -172,8 +196,24 @@ class Scenario(Contract):
         return self
 
 
+def _one_stream_scenarios(schema: dict[str, Any]) -> None:
+    """JSON Schema of the settings: single_stream and server run one instance, no sweep."""
+    schema["if"] = {
+        "properties": {
+            "scenario": {
+                "properties": {"name": {"enum": ["single_stream", "server"]}},
+                "required": ["name"],
+            }
+        },
+        "required": ["scenario"],
+    }
+    schema["then"] = {"properties": {"sweep": {"type": "null"}, "instances": {"enum": [1, None]}}}
+
+
 class BenchmarkSettings(Contract):
     """Run settings; every field has a default, so the whole object may be left out."""
+
+    model_config = ConfigDict(json_schema_extra=_one_stream_scenarios)
 
     batch_size: int = Field(default=1, ge=1, le=65536, description="Samples per inference call.")
     instances: int | None = Field(

@@ -64,7 +64,7 @@ def test_models_alternate_which_goes_first() -> None:
     ("sweep", "problem"),
     [
         ({"batch_sizes": [1, 1]}, "repeat"),
-        ({"batch_sizes": [0]}, "between 1 and 65536"),
+        ({"batch_sizes": [0]}, "batch_sizes.0\n  Input should be greater than or equal to 1"),
         ({}, "needs batch_sizes, layouts or both"),
         ({"layouts": [{"instances": 1}]}, "cores_per_instance"),
     ],
