@@ -49,8 +49,12 @@ class Publisher(Protocol):
 
 
 def finish_log_fields(finish: FinishEvent) -> dict[str, Any]:
-    """The figures of a finish event worth one canonical log line."""
+    """The figures of a finish event worth one canonical log line (a sweep's table is in the
+    event and the result file, not the log: the line gives its size)."""
     data = finish.data.model_dump(exclude={"execution_details", "node"}, exclude_none=True)
+    sweep = data.pop("sweep", None)
+    if isinstance(sweep, dict):
+        data["sweep_points"] = len(sweep.get("points") or [])
     return {"status": finish.status, **data}
 
 

@@ -30,7 +30,15 @@ from rich.text import Text
 from contracts import AnyEvent, BenchmarkRequest, FinishEvent, ProgressEvent, StartEvent
 from contracts.client import BenchmarkClient, PublishFailed
 from service.config import Settings
-from service.tools.summary import ROLE_LABELS, comparison_rows, step_figures
+from service.tools.summary import (
+    ROLE_LABELS,
+    SWEEP_HEADERS,
+    best_point_lines,
+    comparison_rows,
+    point_layout,
+    step_figures,
+    sweep_cells,
+)
 
 log = structlog.get_logger()
 
@@ -137,6 +145,7 @@ class _Terminal(_View):
         self._queue = queue
         self._request_id = request.id
         self._step_started = time.monotonic()
+        self._seen_points: set[tuple[object, str, str]] = set()
 
     def __enter__(self) -> _Terminal:
         self._console.print(f"submitted [bold]{self._request_id}[/] to {self._queue}")
@@ -158,8 +167,12 @@ class _Terminal(_View):
         elif isinstance(event, ProgressEvent):
             done = event.data.current_step
             now = time.monotonic()
+            self._progress.update(self._task, total=event.data.number_of_steps)
+            data = event.data.model_dump()
             name = self._steps[done - 1] if done <= len(self._steps) else f"step {done}"
-            figure = _step_headline(event.data.model_dump(), done, self._steps)
+            figure = _step_headline(data, done, self._steps)
+            if done > len(self._steps):  # a sweep point: name the one that is new
+                name, figure = self._new_sweep_point(data)
             self._console.print(
                 f"[green]✓[/] {name}  {figure}  [dim]{now - self._step_started:.1f} s[/]"
             )
@@ -179,6 +192,34 @@ class _Terminal(_View):
         self._console.print(comparison_table(data))
         for line in comparison_notes(data):
             self._console.print(line)
+        rows = sweep_cells(data)
+        if rows:
+            table = Table(title="sweep", title_justify="left")
+            for header in SWEEP_HEADERS:
+                table.add_column(header, justify="right")
+            for row in rows:
+                table.add_row(*row)
+            self._console.print(table)
+            for line in best_point_lines(data):
+                self._console.print(line)
+
+    def _new_sweep_point(self, data: dict[str, Any]) -> tuple[str, str]:
+        """The (point, model) of the sweep this progress event is the first to carry."""
+        for point in (data.get("sweep") or {}).get("points", []):
+            if point.get("main"):  # measured by the ordinary steps, shown already
+                continue
+            for role, figures in (point.get("models") or {}).items():
+                key = (point.get("batch_size"), point_layout(point), role)
+                if key in self._seen_points:
+                    continue
+                self._seen_points.add(key)
+                name = f"sweep batch {key[0]}, {key[1]} · {role}"
+                if "error" in figures:
+                    return name, f"failed: {figures['error']}"
+                tp, p99 = figures.get("throughput_samples_per_s"), figures.get("latency_ms_p99")
+                text = f"{tp:,.1f} samples/s" if isinstance(tp, int | float) else ""
+                return name, text + (f", p99 {p99:.3f} ms" if isinstance(p99, int | float) else "")
+        return "sweep", ""
 
 
 def _step_headline(data: dict[str, Any], done: int, steps: list[str]) -> str:

@@ -115,6 +115,61 @@ def comparison_rows(data: Mapping[str, Any]) -> list[Row]:
     return rows
 
 
+def sweep_cells(data: Mapping[str, Any]) -> list[list[str]]:
+    """One row of text cells per sweep point: batch, layout, each model's throughput and p99,
+    the speedup, each model's verdict (a failed point shows its error)."""
+    sweep = data.get("sweep")
+    rows: list[list[str]] = []
+    for point in (sweep or {}).get("points", []) if isinstance(sweep, dict) else []:
+        cells = [str(point.get("batch_size")), point_layout(point)]
+        verdicts = []
+        for role in ROLES:
+            figures = (point.get("models") or {}).get(role) or {}
+            if "error" in figures:
+                cells += ["failed", ""]
+                verdicts.append("error")
+                continue
+            cells.append(_format("{:,.1f}", _number(figures.get("throughput_samples_per_s"))))
+            cells.append(_format("{:.3f}", _number(figures.get("latency_ms_p99"))))
+            verdicts.append(str((figures.get("verdict") or {}).get("status", "")))
+        cells.append(_format("{:.3f}x", _number(point.get("speedup"))))
+        cells.append("/".join(verdicts))
+        rows.append(cells)
+    return rows
+
+
+SWEEP_HEADERS = ["batch", "layout", "input samples/s", "input p99 ms", "optimized samples/s",
+                 "optimized p99 ms", "speedup", "verdicts"]  # fmt: skip
+
+
+def point_layout(point: Mapping[str, Any]) -> str:
+    return f"{point.get('instances')}×{point.get('cores_per_instance')}"
+
+
+def best_point_lines(data: Mapping[str, Any]) -> list[str]:
+    """``input model: best throughput at batch 8, 2×1 (6,680 samples/s); ...`` per model."""
+    sweep = data.get("sweep")
+    best = sweep.get("best") if isinstance(sweep, dict) else None
+    lines = []
+    for role in ROLES:
+        mine = (best or {}).get(role) or {}
+        parts = []
+        if "by_throughput" in mine:
+            b = mine["by_throughput"]
+            parts.append(f"best throughput at batch {b['batch_size']}, {point_layout(b)} "
+                         f"({_format('{:,.1f}', _number(b.get('throughput_samples_per_s')))}"
+                         " samples/s)")  # fmt: skip
+        if "by_latency" in mine:
+            b = mine["by_latency"]
+            value = b.get("latency_ms_p99")
+            figure = f"p99 {value:.3f} ms" if isinstance(value, int | float) else "mean " + \
+                _format("{:.3f}", _number(b.get("latency_ms"))) + " ms"  # fmt: skip
+            parts.append(f"best latency at batch {b['batch_size']}, {point_layout(b)} ({figure})")
+        if parts:
+            lines.append(f"{ROLE_LABELS[role]}: " + "; ".join(parts))
+    return lines
+
+
 def summary_table(finish: FinishEvent) -> str:
     """A plain-text comparison table, or what failed."""
     data = finish.data.model_dump()
@@ -131,6 +186,13 @@ def summary_table(finish: FinishEvent) -> str:
     if isinstance(verdict, dict):
         reasons = [r.get("message", r.get("code")) for r in verdict.get("reasons", [])]
         lines.append(f"verdict: {verdict.get('status')}" + "".join(f"; {r}" for r in reasons))
+    sweep = sweep_cells(data)
+    if sweep:
+        widths = [max(len(h), *(len(row[i]) for row in sweep)) for i, h in enumerate(SWEEP_HEADERS)]
+        lines.append("sweep:")
+        for cells in [SWEEP_HEADERS, *sweep]:
+            lines.append("  " + "  ".join(c.rjust(widths[i]) for i, c in enumerate(cells)))
+        lines += best_point_lines(data)
     return "\n".join(lines)
 
 

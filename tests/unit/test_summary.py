@@ -28,3 +28,32 @@ def test_summary_of_an_error_names_the_step() -> None:
     """A failed request summarises as the step and the message."""
     table = summary_table(error_finish("a", "model not found: /m.pb", "validate"))
     assert table == "FAILED at validate: model not found: /m.pb"
+
+
+def test_the_summary_lists_every_sweep_point_and_the_best_ones() -> None:
+    """A sweep's rows (a failed point says so) and each model's best point, in plain text."""
+    figures = {"throughput_samples_per_s": 100.0, "latency_ms_p99": 2.0,
+               "verdict": {"status": "valid"}}  # fmt: skip
+    sweep = {
+        "points": [
+            {"batch_size": 1, "instances": 1, "cores_per_instance": 2, "main": True,
+             "models": {"input_model": figures,
+                        "optimized_model": {**figures, "throughput_samples_per_s": 250.0}},
+             "speedup": 2.5},
+            {"batch_size": 8, "instances": 2, "cores_per_instance": 1,
+             "models": {"input_model": {"error": "fixed batch dimension of 1"},
+                        "optimized_model": figures}},
+        ],
+        "best": {"optimized_model": {
+            "by_throughput": {"batch_size": 1, "instances": 1, "cores_per_instance": 2,
+                              "throughput_samples_per_s": 250.0},
+            "by_latency": {"batch_size": 8, "instances": 2, "cores_per_instance": 1,
+                           "latency_ms_p99": 2.0}}},
+    }  # fmt: skip
+
+    text = summary_table(finish(sweep=sweep))
+
+    assert "2.500x" in text and "valid/valid" in text
+    assert "failed" in text and "error/valid" in text
+    assert "optimized model: best throughput at batch 1, 1×2 (250.0 samples/s)" in text
+    assert "best latency at batch 8, 2×1 (p99 2.000 ms)" in text
