@@ -25,3 +25,21 @@ if command -v npm >/dev/null && [ ! -f ops/node/node_modules/.installed-"$(sha25
   (cd ops/node && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error >/dev/null)
   touch ops/node/node_modules/.installed-"$(sha256sum ops/node/package-lock.json | cut -c1-16)"
 fi
+# A real headless browser for tests/browser: Debian's chromium and its chromedriver (no browser
+# download of its own). Without apt-get or root this only warns, and the browser tests then fail
+# saying how to install them.
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+  SUDO=""
+  if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null; then SUDO="sudo -n"; fi
+  if command -v apt-get >/dev/null && { [ "$(id -u)" = 0 ] || [ -n "$SUDO" ]; }; then
+    apt_install() {
+      $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver \
+        >/dev/null
+    }
+    # a stale or empty package list first gets an update, then one more try
+    apt_install 2>/dev/null || { $SUDO apt-get update -qq >/dev/null && apt_install; } \
+      || echo "setup: could not install chromium chromium-driver; tests/browser will fail" >&2
+  else
+    echo "setup: no apt-get (as root): install chromium and chromium-driver for tests/browser" >&2
+  fi
+fi

@@ -1,10 +1,13 @@
 """``benchmark-worker report PATH``: one self-contained HTML page about a finished workload.
 
 PATH is a ``result.json`` or the workload directory holding it. The page has the comparison
-table (the same rows as ``submit --wait``), a chart of throughput per instance, a chart of the
-latency distribution of both models, and every step's figures. No scripts, fonts, styles or
-images are fetched: the charts are inline SVG. Fields a worker version does not report are
-left out, and figures this page does not know are still listed with the step they belong to.
+table (the same rows as ``submit --wait``), a chart of throughput per instance, throughput over
+the timed window, the latency distribution of both models (a CDF from ``latency_quantiles_ms``,
+else bars of the reported percentiles), the sweep (table, best points, throughput against batch
+size), latency against throughput (sweep points and the server scenario's search), and every
+step's figures. No scripts, fonts, styles or images are fetched: the charts are inline SVG.
+Fields a worker version does not report are left out, and figures this page does not know are
+still listed with the step they belong to.
 """
 
 from __future__ import annotations
@@ -13,9 +16,10 @@ import html
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import ValidationError
 
@@ -31,7 +35,8 @@ MODES = ("performance", "accuracy")
 # Step fields shown in their own place, or too long to list as a figure.
 _SHOWN_ELSEWHERE = {
     "per_instance", "command", "commands", "log_paths", "inputs", "outputs", "latency_percentiles",
-    "config_path", "benchmark_script", "mode", "model_path",
+    "config_path", "benchmark_script", "mode", "model_path", "latency_quantiles_ms",
+    "throughput_timeline",
 }  # fmt: skip
 _PERCENTILE_KEY = re.compile(r"^latency_ms_p(\d+)$")
 
@@ -77,8 +82,11 @@ def render_report(finish: FinishEvent, source: str = "") -> str:
             _comparison_table(data),
             "<h2>Throughput per instance</h2>",
             _throughput_chart(data),
+            _timeline_section(data),
             "<h2>Latency distribution</h2>",
-            _latency_chart(data),
+            _latency_cdf_chart(data) or _latency_chart(data),
+            _sweep_section(data),
+            _capacity_section(data),
             _steps(data),
             _fingerprint(data.get("fingerprint")),
         ]
@@ -104,6 +112,7 @@ td.text{text-align:left}
 .verdict{border-left:4px solid #3b6ea8;background:#f3f6fa;padding:.5rem 1rem}
 code{font-size:.85em;word-break:break-all}
 .legend span{display:inline-block;width:.8em;height:.8em;margin:0 .3em 0 1em}
+svg{max-width:100%;height:auto}
 svg text{font-family:inherit;font-size:12px;fill:#222}
 """.strip()
 
@@ -402,6 +411,490 @@ def _latency_chart(data: Mapping[str, Any]) -> str:
     return _legend(series) + "".join(parts)
 
 
+class _Point(NamedTuple):
+    """One plotted point in axis units; ``value_x`` is the shown x when the axis is by position."""
+
+    x: float
+    y: float
+    tip: str
+    hollow: bool = False
+    value_x: float | None = None
+
+
+@dataclass(frozen=True)
+class _Series:
+    """One model's line (or markers) in a chart."""
+
+    role: str
+    label: str
+    points: tuple[_Point, ...]
+    dash: str = ""
+    joined: bool = True
+    marker: str = "circle"  # or "square", or "" for none
+    whiskers: tuple[tuple[float, float, float], ...] = ()  # (x, low, high) in axis units
+
+
+@dataclass(frozen=True)
+class _Axis:
+    """An axis from ``low`` to ``top``, its (value, label) ticks and its title with the unit."""
+
+    title: str
+    top: float
+    ticks: tuple[tuple[float, str], ...]
+    low: float = 0.0
+
+
+@dataclass(frozen=True)
+class _Rule:
+    """A horizontal dashed line across the plot (a target)."""
+
+    y: float
+    label: str
+
+
+_DASHES = ("", "7 4", "2 3", "9 3 2 3")
+_PLOT_LEFT, _PLOT_TOP, _PLOT_W, _PLOT_H = 74, 14, 560, 250
+
+
+def _nice_step(span: float, count: int = 5) -> float:
+    """A round tick step (1, 2, 2.5 or 5 times a power of ten) giving about ``count`` steps."""
+    raw = span / count
+    power = 10.0 ** math.floor(math.log10(raw))
+    return next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= raw * (1 - 1e-9))
+
+
+def _linear_axis(title: str, values: Iterable[float], from_zero: bool = True) -> _Axis:
+    """An axis over ``values`` with round ticks; from 0 unless told otherwise and the values
+    sit far from it (their minimum above a quarter of their maximum)."""
+    numbers = list(values)
+    high = max(numbers, default=0.0)
+    if high <= 0:
+        return _Axis(title, 1.0, tuple((t / 5, _fmt_tick(t / 5)) for t in range(6)))
+    low = min(numbers) if not from_zero and min(numbers) > high / 4 else 0.0
+    step = _nice_step(high - low if high > low else high)
+    low = math.floor(low / step + 1e-9) * step
+    count = max(1, math.ceil((high - low) / step - 1e-9))
+    ticks = tuple((low + i * step, _fmt_tick(low + i * step)) for i in range(count + 1))
+    return _Axis(title, low + count * step, ticks, low)
+
+
+def _plot(
+    element_id: str,
+    label: str,
+    series: Sequence[_Series],
+    x: _Axis,
+    y: _Axis,
+    rules: Sequence[_Rule] = (),
+) -> str:
+    """An x/y chart: grid, ticks, axis titles, each series' line and markers, and a legend."""
+    left, top, plot_w, plot_h = _PLOT_LEFT, _PLOT_TOP, _PLOT_W, _PLOT_H
+    legend_rows = math.ceil((len(series) + len(rules)) / 2)
+    width, bottom = left + plot_w + 40, top + plot_h
+    height = bottom + 52 + 20 * legend_rows
+
+    def px(value: float) -> float:
+        return left + plot_w * (max(x.low, min(value, x.top)) - x.low) / (x.top - x.low)
+
+    def py(value: float) -> float:
+        return bottom - plot_h * (max(y.low, min(value, y.top)) - y.low) / (y.top - y.low)
+
+    parts = [_svg_open(width, height, element_id, label)]
+    for value, text in y.ticks:
+        parts.append(f'<line x1="{left}" y1="{py(value):.1f}" x2="{left + plot_w}" '
+                     f'y2="{py(value):.1f}" stroke="#e4e4e4"/>')  # fmt: skip
+        parts.append(f'<text x="{left - 6}" y="{py(value) + 4:.1f}" text-anchor="end">'
+                     f"{_e(text)}</text>")  # fmt: skip
+    for value, text in x.ticks:
+        parts.append(f'<line x1="{px(value):.1f}" y1="{bottom}" x2="{px(value):.1f}" '
+                     f'y2="{bottom + 5}" stroke="#555"/>')  # fmt: skip
+        parts.append(f'<text x="{px(value):.1f}" y="{bottom + 18}" text-anchor="middle">'
+                     f"{_e(text)}</text>")  # fmt: skip
+    parts.append(f'<path d="M{left} {top}V{bottom}H{left + plot_w}" fill="none" stroke="#555"/>')
+    middle = top + plot_h / 2
+    parts.append(f'<text x="14" y="{middle}" transform="rotate(-90 14 {middle})" '
+                 f'text-anchor="middle" class="axis-title">{_e(y.title)}</text>')  # fmt: skip
+    parts.append(f'<text x="{left + plot_w / 2}" y="{bottom + 38}" text-anchor="middle" '
+                 f'class="axis-title">{_e(x.title)}</text>')  # fmt: skip
+    for rule in rules:
+        parts.append(
+            f'<line class="rule" x1="{left}" y1="{py(rule.y):.1f}" x2="{left + plot_w}" '
+            f'y2="{py(rule.y):.1f}" stroke="#555" stroke-dasharray="6 4" '
+            f'data-value="{rule.y!r}"><title>{_e(rule.label)}</title></line>'
+        )
+    for one in series:
+        parts.append(_plot_series(one, px, py))
+    entries = [_legend_entry(one.label, COLORS[one.role], one.dash, one.marker) for one in series]
+    entries += [_legend_entry(rule.label, "#555", "6 4", "") for rule in rules]
+    for index, entry in enumerate(entries):
+        ex, ey = left + (plot_w / 2) * (index % 2), bottom + 60 + 20 * (index // 2)
+        parts.append(f'<g class="legend-entry" transform="translate({ex:.0f} {ey})">{entry}</g>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _plot_series(
+    series: _Series, px: Callable[[float], float], py: Callable[[float], float]
+) -> str:
+    color = COLORS[series.role]
+    dash = f' stroke-dasharray="{series.dash}"' if series.dash else ""
+    parts = [f'<g class="series" data-role="{series.role}" data-series="{_e(series.label)}">']
+    if series.joined:
+        coords = " ".join(f"{px(p.x):.1f},{py(p.y):.1f}" for p in series.points)
+        parts.append(f'<polyline points="{coords}" fill="none" stroke="{color}" '
+                     f'stroke-width="2"{dash}/>')  # fmt: skip
+    for wx, low, high in series.whiskers:
+        parts.append(f'<line class="ci" x1="{px(wx):.1f}" y1="{py(low):.1f}" x2="{px(wx):.1f}" '
+                     f'y2="{py(high):.1f}" stroke="{color}" stroke-width="1"/>')  # fmt: skip
+    for point in series.points if series.marker else ():
+        fill = "#fff" if point.hollow else color
+        css = "point hollow" if point.hollow else "point"
+        shown_x = point.x if point.value_x is None else point.value_x
+        common = (f'class="{css}" fill="{fill}" stroke="{color}" stroke-width="1.5" '
+                  f'data-x="{shown_x!r}" data-y="{point.y!r}"')  # fmt: skip
+        tip = f"<title>{_e(point.tip)}</title>"
+        cx, cy = px(point.x), py(point.y)
+        if series.marker == "square":
+            parts.append(f'<rect x="{cx - 4:.1f}" y="{cy - 4:.1f}" width="8" height="8" '
+                         f"{common}>{tip}</rect>")  # fmt: skip
+        else:
+            parts.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="3.5" {common}>{tip}</circle>')
+    parts.append("</g>")
+    return "".join(parts)
+
+
+def _legend_entry(label: str, color: str, dash: str, marker: str) -> str:
+    dashes = f' stroke-dasharray="{dash}"' if dash else ""
+    shape = {
+        "circle": f'<circle cx="14" cy="0" r="3.5" fill="{color}"/>',
+        "square": f'<rect x="10" y="-4" width="8" height="8" fill="{color}"/>',
+    }.get(marker, "")
+    return (f'<line x1="0" y1="0" x2="28" y2="0" stroke="{color}" stroke-width="2"{dashes}/>'
+            f'{shape}<text x="36" y="4">{_e(label)}</text>')  # fmt: skip
+
+
+def _steps_with(data: Mapping[str, Any], key: str) -> dict[str, Mapping[str, Any]]:
+    """Each model's performance step that reports ``key``."""
+    steps = {role: step_figures(data, role, "performance") for role in ROLES}
+    return {role: step for role, step in steps.items() if step.get(key) is not None}
+
+
+def latency_quantiles(step: Mapping[str, Any]) -> list[tuple[float, float]]:
+    """(percent, ms) of ``latency_quantiles_ms``: evenly spaced quantiles from 0% to 100%.
+
+    Empty unless the field is a list of at least two finite numbers.
+    """
+    values = step.get("latency_quantiles_ms")
+    if not isinstance(values, list) or len(values) < 2:
+        return []
+    numbers = [_number(v) for v in values]
+    if any(n is None for n in numbers):
+        return []
+    last = len(numbers) - 1
+    return [(100.0 * i / last, float(n or 0.0)) for i, n in enumerate(numbers)]
+
+
+def _latency_cdf_chart(data: Mapping[str, Any]) -> str:
+    """Each model's latency CDF from its quantiles; "" when no step reports them (older results)."""
+    curves = {role: latency_quantiles(step) for role, step in
+              _steps_with(data, "latency_quantiles_ms").items()}  # fmt: skip
+    curves = {role: curve for role, curve in curves.items() if curve}
+    if not curves:
+        return ""
+    series = [
+        _Series(role, ROLE_LABELS[role], tuple(
+            _Point(ms, pct, f"{ROLE_LABELS[role]}: {pct:g}% of calls within {ms:.4g} ms")
+            for pct, ms in curve), marker="")
+        for role, curve in curves.items()
+    ]  # fmt: skip
+    ms = [ms for curve in curves.values() for _, ms in curve]
+    x = _linear_axis("latency (ms)", ms, from_zero=False)
+    y = _Axis("calls at or below (%)", 100.0, tuple(
+        (pct, f"{pct:g}%") for pct in (0.0, 25.0, 50.0, 75.0, 90.0, 100.0)))  # fmt: skip
+    missing = [ROLE_LABELS[role] for role in ROLES if role not in curves
+               and step_figures(data, role, "performance")]  # fmt: skip
+    note = (f"<p class='meta'>No latency quantiles for the {' and '.join(missing)}.</p>"
+            if missing else "")  # fmt: skip
+    chart = _plot("latency-cdf-chart", "Latency CDF per model: share of calls against "
+                  "latency in milliseconds", series, x, y)  # fmt: skip
+    return chart + note
+
+
+def throughput_timeline(step: Mapping[str, Any]) -> list[tuple[float, float, float]]:
+    """(bucket start s, bucket end s, samples/s) of a step's ``throughput_timeline``."""
+    timeline = step.get("throughput_timeline")
+    if not isinstance(timeline, Mapping):
+        return []
+    bucket = _number(timeline.get("bucket_s"))
+    values = timeline.get("samples_per_s")
+    if bucket is None or bucket <= 0 or not isinstance(values, list):
+        return []
+    return [
+        (index * bucket, (index + 1) * bucket, number)
+        for index, value in enumerate(values)
+        if (number := _number(value)) is not None
+    ]
+
+
+def _timeline_section(data: Mapping[str, Any]) -> str:
+    """Throughput per time bucket over the timed window, one line per model."""
+    lines = {role: throughput_timeline(step) for role, step in
+             _steps_with(data, "throughput_timeline").items()}  # fmt: skip
+    lines = {role: line for role, line in lines.items() if line}
+    if not lines:
+        return ""
+    series = [
+        _Series(role, ROLE_LABELS[role], tuple(
+            _Point((start + end) / 2, value, f"{ROLE_LABELS[role]}, {start:.2f}–{end:.2f} s: "
+                   f"{value:,.1f} samples/s") for start, end, value in line),
+            marker="circle" if len(line) <= 60 else "")
+        for role, line in lines.items()
+    ]  # fmt: skip
+    x = _linear_axis("time in the timed window (s)", (line[-1][1] for line in lines.values()))
+    y = _linear_axis("throughput (samples/s)", (v for line in lines.values() for *_, v in line))
+    chart = _plot("throughput-timeline-chart", "Throughput over the timed window, samples per "
+                  "second against seconds", series, x, y)  # fmt: skip
+    return "<h2>Throughput over the timed window</h2>" + chart
+
+
+def sweep_points(data: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The sweep's points (mappings only); empty without a sweep."""
+    sweep = data.get("sweep")
+    points = sweep.get("points") if isinstance(sweep, Mapping) else None
+    return [p for p in points if isinstance(p, Mapping)] if isinstance(points, list) else []
+
+
+def _layout(point: Mapping[str, Any]) -> str:
+    """``2×1``: instances × cores per instance, ``?`` for a part not reported."""
+    parts = [point.get("instances"), point.get("cores_per_instance")]
+    return "×".join(str(p) if _number(p) is not None else "?" for p in parts)
+
+
+def _model_figures(point: Mapping[str, Any], role: str) -> Mapping[str, Any]:
+    models = point.get("models")
+    figures = models.get(role) if isinstance(models, Mapping) else None
+    return figures if isinstance(figures, Mapping) else {}
+
+
+# (batch size, figure, the model's figures at that point) of one model and layout
+_SweepLine = list[tuple[float, float, Mapping[str, Any]]]
+
+
+def _sweep_lines(data: Mapping[str, Any], key: str) -> dict[tuple[str, str], _SweepLine]:
+    """(role, layout) → (batch size, figure ``key``, the model's figures), by batch size."""
+    lines: dict[tuple[str, str], _SweepLine] = {}
+    points = sweep_points(data)
+    for role in ROLES:
+        for point in points:
+            figures = _model_figures(point, role)
+            batch, value = _number(point.get("batch_size")), _number(figures.get(key))
+            if batch is not None and value is not None and "error" not in point:
+                lines.setdefault((role, _layout(point)), []).append((batch, value, figures))
+    return {line: sorted(values, key=lambda v: v[0]) for line, values in lines.items()}
+
+
+def _series_label(role: str, layout: str, layouts: Sequence[str], suffix: str = "") -> str:
+    """``input model 2×1``: the layout only when the sweep has several."""
+    return ROLE_LABELS[role] + (f" {layout}" if len(layouts) > 1 else "") + suffix
+
+
+def _sweep_throughput_chart(data: Mapping[str, Any]) -> str:
+    """Throughput against batch size: one line per model (and per layout when several)."""
+    lines = _sweep_lines(data, "throughput_samples_per_s")
+    if not lines:
+        return ""
+    sizes = sorted({batch for values in lines.values() for batch, _, _ in values})
+    position = {batch: index + 0.5 for index, batch in enumerate(sizes)}
+    layouts = list(dict.fromkeys(layout for _, layout in lines))
+    series = []
+    tops: list[float] = []
+    for (role, layout), values in lines.items():
+        label = _series_label(role, layout, layouts)
+        whiskers = []
+        for batch, _, figures in values:
+            interval = figures.get("throughput_ci95")
+            if isinstance(interval, list) and len(interval) == 2:
+                low, high = (_number(v) for v in interval)
+                if low is not None and high is not None:
+                    whiskers.append((position[batch], low, high))
+                    tops.append(high)
+        tops += [value for _, value, _ in values]
+        series.append(_Series(role, label, tuple(
+            _Point(position[batch], value, f"{label}, batch {batch:g}: {value:,.1f} samples/s",
+                   value_x=batch)
+            for batch, value, _ in values), dash=_DASHES[layouts.index(layout) % len(_DASHES)],
+            whiskers=tuple(whiskers)))  # fmt: skip
+    x = _Axis("batch size (samples per call)", float(len(sizes)),
+              tuple((position[b], f"{b:g}") for b in sizes))  # fmt: skip
+    y = _linear_axis("throughput (samples/s)", tops)
+    return _plot("sweep-throughput-chart", "Throughput against batch size, samples per second, "
+                 "one line per model and layout", series, x, y)  # fmt: skip
+
+
+def server_search(step: Mapping[str, Any]) -> tuple[list[Mapping[str, Any]], float | None, float]:
+    """The server scenario's search of a step: its trials, target latency and percentile."""
+    scenario = step.get("scenario")
+    if not isinstance(scenario, Mapping):
+        return [], None, 99.0
+    trials = scenario.get("search")
+    trials = [t for t in trials if isinstance(t, Mapping)] if isinstance(trials, list) else []
+    target = _number(scenario.get("target_latency_ms"))
+    percentile = _number(scenario.get("target_percentile"))
+    return trials, target, 99.0 if percentile is None else percentile
+
+
+def _capacity_section(data: Mapping[str, Any]) -> str:
+    """Latency percentile against throughput: the sweep's p99 and the server search's trials."""
+    series: list[_Series] = []
+    firm: list[float] = []  # latencies that decide the scale: not the overloaded trials
+    lines = _sweep_lines(data, "throughput_samples_per_s")
+    layouts = list(dict.fromkeys(layout for _, layout in lines))
+    for (role, layout), values in lines.items():
+        label = _series_label(role, layout, layouts, " sweep")
+        points = []
+        for batch, throughput, figures in values:
+            p99 = _number(figures.get("latency_ms_p99"))
+            if p99 is not None:
+                points.append(_Point(throughput, p99, f"{label}, batch {batch:g}: "
+                                     f"{throughput:,.1f} samples/s, p99 {p99:.4g} ms"))  # fmt: skip
+                firm.append(p99)
+        if points:
+            series.append(_Series(role, label, tuple(points),
+                                  dash=_DASHES[layouts.index(layout) % len(_DASHES)]))  # fmt: skip
+    targets: dict[float, float] = {}
+    for role in ROLES:
+        trials, target, percentile = server_search(step_figures(data, role, "performance"))
+        if target is not None:
+            targets[target] = percentile
+            firm.append(target)
+        points = []
+        for trial in trials:
+            rate = _number(trial.get("achieved_qps"))
+            rate = _number(trial.get("target_qps")) if rate is None else rate
+            latency = _number(trial.get("latency_ms_at_percentile"))
+            if rate is None or latency is None:
+                continue
+            valid = trial.get("valid") is not False
+            firm += [latency] if valid else []
+            state = "valid" if valid else "INVALID"
+            points.append(_Point(rate, latency, f"{ROLE_LABELS[role]} server at {rate:,.1f} "
+                                 f"queries/s: p{percentile:g} {latency:.4g} ms, {state}",
+                                 hollow=not valid))  # fmt: skip
+        if points:
+            series.append(_Series(role, f"{ROLE_LABELS[role]} server search (queries/s)",
+                                  tuple(sorted(points)), dash="2 3", marker="square"))  # fmt: skip
+    if not series:
+        return ""
+    ys = [p.y for s in series for p in s.points]
+    top = min(max(ys), 3 * max(firm)) if firm else max(ys)
+    x = _linear_axis("throughput (samples/s; server search: queries/s)",
+                     (p.x for s in series for p in s.points))  # fmt: skip
+    pcts = sorted(set(targets.values()))
+    y_title = "latency p99 (ms)" if pcts in ([], [99.0]) else "latency percentile (ms)"
+    y = _linear_axis(y_title, [max([top, *targets])])
+    rules = [_Rule(t, f"target p{pct:g} ≤ {t:g} ms") for t, pct in sorted(targets.items())]
+    chart = _plot("latency-throughput-chart", "Latency percentile against throughput, "
+                  "milliseconds against samples per second", series, x, y, rules)  # fmt: skip
+    note = ("<p class='meta'>Hollow squares: server rates whose latency missed the target "
+            "(invalid). Points above the plot are drawn at its top edge.</p>")  # fmt: skip
+    return "<h2>Latency against throughput</h2>" + chart + note
+
+
+def _sweep_section(data: Mapping[str, Any]) -> str:
+    """The sweep: its table, the best point of each model, throughput against batch size."""
+    if not sweep_points(data):
+        return ""
+    return ("<h2>Sweep</h2>" + _sweep_best(data) + _sweep_table(data)
+            + _sweep_throughput_chart(data))  # fmt: skip
+
+
+def _fixed(value: Any, fmt: str) -> str:
+    number = _number(value)
+    return "-" if number is None else fmt.format(number)
+
+
+def _sweep_table(data: Mapping[str, Any]) -> str:
+    """Points × models: throughput, p50, p99 and verdict of each model, and the speedup."""
+    head = ("<tr><th>batch</th><th>layout</th>"
+            + "".join(f"<th>{_e(ROLE_LABELS[r])} samples/s</th><th>p50 (ms)</th>"
+                      f"<th>p99 (ms)</th><th>verdict</th>" for r in ROLES)
+            + "<th>speedup</th></tr>")  # fmt: skip
+    rows = []
+    for point in sweep_points(data):
+        main = " (main)" if point.get("main") is True else ""
+        cells = [f"<td>{_e(point.get('batch_size', '?'))}</td>",
+                 f"<td class='text'>{_e(_layout(point))}{main}</td>"]  # fmt: skip
+        if "error" in point:
+            cells.append(f"<td class='text failed' colspan='{4 * len(ROLES) + 1}'>failed: "
+                         f"{_e(point['error'])}</td>")  # fmt: skip
+        else:
+            for role in ROLES:
+                cells += _sweep_cells(_model_figures(point, role))
+            cells.append(_speedup_cell(point))
+        rows.append(f"<tr class='sweep-point'>{''.join(cells)}</tr>")
+    return f'<table id="sweep-table">{head}{"".join(rows)}</table>'
+
+
+def _speedup_cell(point: Mapping[str, Any]) -> str:
+    """The point's speedup, its 95% interval (when reported) as the cell's tooltip."""
+    interval = point.get("speedup_ci95")
+    title = ""
+    if isinstance(interval, list) and len(interval) == 2:
+        low, high = (_number(v) for v in interval)
+        if low is not None and high is not None:
+            title = f' title="95% interval [{low:.3f}, {high:.3f}]"'
+    return f"<td{title}>{_fixed(point.get('speedup'), '×{:.2f}')}</td>"
+
+
+def _sweep_cells(figures: Mapping[str, Any]) -> list[str]:
+    if "error" in figures:
+        return [f"<td class='text failed' colspan='4'>failed: {_e(figures['error'])}</td>"]
+    verdict = figures.get("verdict")
+    status = verdict.get("status") if isinstance(verdict, Mapping) else None
+    return [f"<td>{_fixed(figures.get('throughput_samples_per_s'), '{:,.1f}')}</td>",
+            f"<td>{_fixed(figures.get('latency_ms_p50'), '{:.3f}')}</td>",
+            f"<td>{_fixed(figures.get('latency_ms_p99'), '{:.3f}')}</td>",
+            f"<td class='text'>{_e(status or '-')}</td>"]  # fmt: skip
+
+
+# (key in best, what it is, (figure, format) in order of preference): the sweep reports the
+# mean latency where a window was too short for a p99
+_BEST = (
+    ("by_throughput", "highest throughput", (("throughput_samples_per_s", "{:,.1f} samples/s"),)),
+    ("by_latency", "lowest latency", (("latency_ms_p99", "p99 {:.3f} ms"),
+                                      ("latency_ms", "mean {:.3f} ms"))),
+)  # fmt: skip
+
+
+def _sweep_best(data: Mapping[str, Any]) -> str:
+    """Each model's best point: the highest throughput, and the lowest p99 (or mean) latency."""
+    sweep = data.get("sweep")
+    best = sweep.get("best") if isinstance(sweep, Mapping) else None
+    if not isinstance(best, Mapping):
+        return ""
+    items = []
+    for role in ROLES:
+        entry = best.get(role)
+        if not isinstance(entry, Mapping):
+            continue
+        found = [text for key, what, figures in _BEST
+                 if (text := _best_text(entry.get(key), what, figures))]  # fmt: skip
+        if found:
+            items.append(f"<li data-role='{role}'><b>{_e(ROLE_LABELS[role])}</b>: "
+                         f"{'; '.join(found)}</li>")  # fmt: skip
+    return f'<ul id="sweep-best">{"".join(items)}</ul>' if items else ""
+
+
+def _best_text(point: Any, what: str, figures: Sequence[tuple[str, str]]) -> str:
+    """``highest throughput 1,500.0 samples/s at batch 8, 2×1``; "" without a figure."""
+    if not isinstance(point, Mapping):
+        return ""
+    for figure, fmt in figures:
+        if _number(point.get(figure)) is not None:
+            where = f"batch {point.get('batch_size', '?')}, {_layout(point)}"
+            return f"{what} {_fixed(point[figure], fmt)} at {_e(where)}"
+    return ""
+
+
 def _svg_open(width: float, height: float, element_id: str, label: str) -> str:
     return (
         f'<svg xmlns="http://www.w3.org/2000/svg" id="{element_id}" role="img" '
@@ -439,6 +932,10 @@ def _steps(data: Mapping[str, Any]) -> str:
             figures = {
                 k: v for k, v in step.items() if k not in _SHOWN_ELSEWHERE and k != "verdict"
             }
+            if isinstance(figures.get("scenario"), Mapping):  # its search has its own chart
+                figures["scenario"] = {
+                    k: v for k, v in figures["scenario"].items() if k != "search"
+                }
             parts.append(_fields(figures).replace("class='fields'", "class='figures'", 1))
             parts.append(_instances_table(step.get("per_instance") or []))
             if step.get("command"):
