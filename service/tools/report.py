@@ -757,8 +757,8 @@ def _capacity_section(data: Mapping[str, Any]) -> str:
                 points.append(_Point(throughput, p99, f"{label}, batch {batch:g}: "
                                      f"{throughput:,.1f} samples/s, p99 {p99:.4g} ms"))  # fmt: skip
                 firm.append(p99)
-        if points:
-            series.append(_Series(role, label, tuple(points),
+        if points:  # along throughput: the curve a capacity planner reads
+            series.append(_Series(role, label, tuple(sorted(points)),
                                   dash=_DASHES[layouts.index(layout) % len(_DASHES)]))  # fmt: skip
     targets: dict[float, float] = {}
     for role in ROLES:
