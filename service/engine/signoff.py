@@ -81,6 +81,9 @@ class SignOff:
         )
         figures["costs"]["model_size_bytes"] = self._model_size(role)
         figures["run_length"] = self.run_length
+        loadgen = results[0].performance.loadgen if results[0].performance else None
+        if loadgen is not None:  # single_stream or server: what MLPerf LoadGen said
+            figures["scenario"] = loadgen
         figures["verdict"] = verdict.performance_verdict(figures, pinning_mismatches)
         if point is None:
             self.performance_results[role] = list(results)

@@ -420,6 +420,9 @@ async def _run_step(
     except StepProcessesFailed as exc:
         raise StepFailed(step, f"{step} failed: {exc}") from None
     step_wall_s = time.monotonic() - started_s
+    loadgen = results[0].performance.loadgen if results[0].performance else None
+    if loadgen is not None and loadgen.get("status") == "target_unreachable":
+        raise StepFailed(step, f"{step}: {loadgen.get('message')}")  # no rate to report
     mismatches = aggregate.pinning_mismatches(results)  # in the verdict, not a failure
     details = _seed_details(workload, role, spec, mode, launches)
     details["memory_policy"] = memory_binding(instances[0], workload.topology).policy
@@ -449,9 +452,6 @@ async def _run_step(
     details["inputs"] = [t.model_dump() for t in results[0].inputs]
     details["fed_shapes"] = results[0].fed_shapes
     details["outputs"] = results[0].outputs
-    loadgen = results[0].performance.loadgen if results[0].performance else None
-    if loadgen is not None:
-        details["scenario"] = loadgen
     details["tensorflow_version"] = results[0].tensorflow_version
     details["onednn_enabled"] = results[0].onednn_enabled
     details["onednn"] = workload.onednn.details(results[0].onednn_enabled)

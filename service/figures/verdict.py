@@ -77,7 +77,26 @@ def performance_verdict(
                 )
             )
     reasons += [_item("pinning_mismatch", message) for message in pinning_mismatches]
+    _check_scenario(figures.get("scenario"), reasons, warnings)
     return _verdict(reasons, warnings)
+
+
+def _check_scenario(loadgen: Any, reasons: list[Item], warnings: list[Item]) -> None:
+    """A LoadGen scenario's own judgement: an INVALID run is a reason; a run shorter than
+    LoadGen's rules ask (600 s) is flagged as not full-length. (An unreachable target is no
+    result at all: the step fails, :func:`service.engine.workload._run_step`.)"""
+    if not isinstance(loadgen, dict):
+        return
+    if loadgen.get("status") == "invalid":
+        said = "; ".join(str(r) for r in loadgen.get("invalid_reasons") or []) or "no reason given"
+        reasons.append(_item("loadgen_invalid", f"MLPerf LoadGen says INVALID: {said}"))
+    if loadgen.get("full_length") is False:
+        shortened = ", ".join((loadgen.get("rules") or {}).get("shortened") or []) or "its rules"
+        warnings.append(_item(
+            "not_full_length",
+            f"a shortened LoadGen run ({shortened} below LoadGen's defaults): fine to compare "
+            "side by side, not a full-length MLPerf result",
+        ))  # fmt: skip
 
 
 def _rule(figures: Mapping[str, Any]) -> tuple[RunLength, set[str]]:

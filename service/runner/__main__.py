@@ -34,6 +34,7 @@ from service.runner.probes import status_bytes
 from service.runner.protocol import (
     FailureReport,
     FreezeCacheUse,
+    PerformanceResult,
     RunnerConfig,
     RunnerModel,
     RunnerResult,
@@ -42,6 +43,10 @@ from service.runner.runlength import RunLength
 from service.runner.sandbox import confine, memory_hint
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    import numpy as np
+
     from service.runner.loading import LoadedModel
 
 EXIT_OK = 0
@@ -211,7 +216,42 @@ def run_performance(
         )
         performance.sleep_until(start_at_s)
     progress.step = "measure"
-    result.performance = performance.measure(model, feeds, rule, cpus=result.cpus_planned)
+    if config.scenario.name == "offline":
+        result.performance = performance.measure(model, feeds, rule, cpus=result.cpus_planned)
+    else:
+        result.performance = run_scenario(
+            model, feeds, config, rule, loadgen_dir(args.output), result.cpus_planned
+        )
+
+
+def run_scenario(
+    model: LoadedModel,
+    feeds: Sequence[np.ndarray],
+    config: RunnerConfig,
+    rule: RunLength,
+    outdir: Path,
+    cpus: list[int],
+) -> PerformanceResult:
+    """single_stream or server: MLPerf LoadGen issues the calls (service.runner.loadgen_run)."""
+    import tensorflow as tf
+
+    from service.runner import loadgen_run
+    from service.runner.performance import op_error_text
+
+    run = model.timed_run
+
+    def call() -> None:
+        try:
+            run(*feeds)
+        except tf.errors.OpError as exc:
+            raise StepFailed("measure", f"inference failed: {op_error_text(exc)}") from None
+
+    return loadgen_run.run_scenario(call, config.scenario, rule, outdir, config.batch_size, cpus)
+
+
+def loadgen_dir(output: Path) -> Path:
+    """Where LoadGen's logs go: next to the instance's result file, ``<stem>_loadgen/``."""
+    return output.with_name(f"{output.stem}_loadgen")
 
 
 def _warmup_call_s(result: RunnerResult) -> float:

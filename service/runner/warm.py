@@ -65,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         for module in JOB_MODULES:
             importlib.import_module(module)
         importlib.import_module("service.runner.loading")
+        with contextlib.suppress(ImportError):  # LoadGen, for single_stream and server steps
+            importlib.import_module("service.runner.loadgen_run")
     except StepFailed as exc:
         _send(reply, {"ready": False, "error": f"{exc.step}: {exc.message}"})
         return 2
