@@ -120,7 +120,7 @@ class Layout(Contract):
 
 
 def _sweep_needs_points(schema: dict[str, Any]) -> None:
-    schema["anyOf"] = [{"required": ["batch_sizes"]}, {"required": ["layouts"]}]
+    schema["minProperties"] = 1  # batch_sizes, layouts or both (nothing else is allowed)
     for name in ("batch_sizes", "layouts"):
         schema["properties"][name]["uniqueItems"] = True
 
@@ -160,9 +160,15 @@ ScenarioName = Literal["offline", "single_stream", "server"]
 
 
 def _server_needs_a_target(schema: dict[str, Any]) -> None:
-    schema["if"] = {"properties": {"name": {"const": "server"}}, "required": ["name"]}
-    schema["then"] = {"required": ["target_latency_ms"]}
-    schema["else"] = {"not": {"required": ["target_latency_ms"]}}
+    schema["if"] = {
+        "type": "object",
+        "properties": {"name": {"const": "server"}},
+        "required": ["name"],
+    }
+    given = {"type": "object", "properties": {"target_latency_ms": {"type": "number"}},
+             "required": ["target_latency_ms"]}  # fmt: skip
+    schema["then"] = given
+    schema["else"] = {"not": given}
 
 
 class Scenario(Contract):
@@ -199,15 +205,20 @@ class Scenario(Contract):
 def _one_stream_scenarios(schema: dict[str, Any]) -> None:
     """JSON Schema of the settings: single_stream and server run one instance, no sweep."""
     schema["if"] = {
+        "type": "object",
         "properties": {
             "scenario": {
+                "type": "object",
                 "properties": {"name": {"enum": ["single_stream", "server"]}},
                 "required": ["name"],
             }
         },
         "required": ["scenario"],
     }
-    schema["then"] = {"properties": {"sweep": {"type": "null"}, "instances": {"enum": [1, None]}}}
+    schema["then"] = {
+        "type": "object",
+        "properties": {"sweep": {"type": "null"}, "instances": {"enum": [1, None]}},
+    }
 
 
 class BenchmarkSettings(Contract):

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from contracts import BenchmarkRequest
 from tests.conftest import REPO
 from tests.integration.bus import wait_for_consumer
 from tests.integration.reliability import launch_worker
@@ -36,6 +37,38 @@ def test_every_schema_compiles_under_ajv_strict_and_the_asyncapi_document_parses
     assert code == 0, (report, stderr[-2000:])
     assert report["compile_problems"] == [] and report["asyncapi_errors"] == []
     assert "benchmark_request" in report["compiled"] and "benchmark_finish" in report["compiled"]
+
+
+def test_ajv_decides_sweep_and_scenario_bodies_as_the_worker_does(tmp_path: Path) -> None:
+    """Sweep and scenario requests, valid and not, read by a second validator in another
+    language: ajv accepts exactly the bodies the worker's contracts accept."""
+    base = {"id": "n-1", "input_model": {"precision": "fp32", "path": "/m.pb"}}
+    layouts = [{"instances": 1, "cores_per_instance": 2}, {"instances": 2, "cores_per_instance": 1}]
+    bodies = [
+        {"sweep": {"batch_sizes": [1, 8], "layouts": layouts}},
+        {"sweep": {"layouts": layouts[:1]}},
+        {"scenario": {"name": "server", "target_latency_ms": 20, "target_percentile": 99.9}},
+        {"scenario": {"name": "single_stream"}, "instances": 1},
+        {"sweep": {}},  # no points
+        {"sweep": {"batch_sizes": [4, 4]}},  # a point twice
+        {"scenario": {"name": "server"}},  # no target
+        {"scenario": {"name": "offline", "target_latency_ms": 5}},  # a target without server
+        {"scenario": {"name": "server", "target_latency_ms": 5}, "sweep": {"batch_sizes": [2]}},
+        {"scenario": {"name": "single_stream"}, "instances": 2},
+    ]
+    for number, benchmark in enumerate(bodies):
+        body = {**base, "benchmark": benchmark}
+        try:
+            BenchmarkRequest.model_validate(body)
+            python_accepts = True
+        except ValueError:
+            python_accepts = False
+        path = tmp_path / f"body{number}.jsonl"
+        path.write_text(json.dumps(body) + "\n")
+        code, report, stderr = node("check_schemas.js", str(path))
+        assert report["events_checked"] == 1, stderr[-2000:]
+        assert (code == 0) == python_accepts, (benchmark, report["event_problems"])
+        assert python_accepts == (number < 4), benchmark
 
 
 @pytest.mark.broker
