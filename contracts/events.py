@@ -74,6 +74,61 @@ class StepDetails(OpenContract):
     tensorflow_version: str | None = None
 
 
+class SweepFigures(OpenContract):
+    """One model at one sweep point: its main figures and verdict, or why it failed."""
+
+    throughput_samples_per_s: float | None = None
+    throughput_ci95: list[float] | None = Field(default=None, description="95% interval.")
+    latency_ms: float | None = Field(default=None, description="Mean of instance means, ms.")
+    latency_ms_p50: float | None = None
+    latency_ms_p90: float | None = None
+    latency_ms_p99: float | None = Field(
+        default=None, description="Null when the window was too short to back a p99."
+    )
+    verdict: dict[str, Any] | None = Field(default=None, description="This point's verdict.")
+    error: str | None = Field(default=None, description="Why this point has no figures.")
+
+
+class SweepRow(OpenContract):
+    """One row of a sweep: a batch size and layout, both models' figures, the speedup."""
+
+    batch_size: int
+    instances: int
+    cores_per_instance: int
+    main: bool = Field(
+        default=False, description="The request's own point, measured by the ordinary steps."
+    )
+    models: dict[ModelRole, SweepFigures] = Field(default_factory=dict)
+    speedup: float | None = Field(default=None, description="Optimized / input throughput.")
+    speedup_ci95: list[float] | None = None
+
+
+class BestPoint(OpenContract):
+    """Where a model did best, and the figure it did best by."""
+
+    batch_size: int
+    instances: int
+    cores_per_instance: int
+    throughput_samples_per_s: float | None = None
+    latency_ms_p99: float | None = None
+    latency_ms: float | None = None
+
+
+class BestPoints(OpenContract):
+    by_throughput: BestPoint | None = Field(default=None, description="Highest throughput.")
+    by_latency: BestPoint | None = Field(
+        default=None, description="Lowest p99 (the mean where a point has no p99)."
+    )
+
+
+class SweepResult(OpenContract):
+    """``sweep`` of a progress or finish event: every point measured so far, and the best."""
+
+    points: list[SweepRow]
+    best: dict[ModelRole, BestPoints] = Field(default_factory=dict)
+    order: str | None = Field(default=None, description="How the runs were ordered.")
+
+
 class StartData(OpenContract):
     """The payload of ``benchmark_start``."""
 
@@ -105,6 +160,9 @@ class ResultData(OpenContract):
     )
     accuracy_delta: float | None = Field(
         default=None, description="Optimized minus input accuracy (finish only)."
+    )
+    sweep: SweepResult | None = Field(
+        default=None, description="With benchmark.sweep: the table of points and the best."
     )
     run_id: str | None = None
     node: NodeIdentity | None = None

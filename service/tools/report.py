@@ -823,7 +823,7 @@ def _sweep_table(data: Mapping[str, Any]) -> str:
         main = " (main)" if point.get("main") is True else ""
         cells = [f"<td>{_e(point.get('batch_size', '?'))}</td>",
                  f"<td class='text'>{_e(_layout(point))}{main}</td>"]  # fmt: skip
-        if "error" in point:
+        if point.get("error"):
             cells.append(f"<td class='text failed' colspan='{4 * len(ROLES) + 1}'>failed: "
                          f"{_e(point['error'])}</td>")  # fmt: skip
         else:
@@ -846,7 +846,7 @@ def _speedup_cell(point: Mapping[str, Any]) -> str:
 
 
 def _sweep_cells(figures: Mapping[str, Any]) -> list[str]:
-    if "error" in figures:
+    if figures.get("error"):
         return [f"<td class='text failed' colspan='4'>failed: {_e(figures['error'])}</td>"]
     verdict = figures.get("verdict")
     status = verdict.get("status") if isinstance(verdict, Mapping) else None

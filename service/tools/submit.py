@@ -214,7 +214,7 @@ class _Terminal(_View):
                     continue
                 self._seen_points.add(key)
                 name = f"sweep batch {key[0]}, {key[1]} · {role}"
-                if "error" in figures:
+                if figures.get("error"):
                     return name, f"failed: {figures['error']}"
                 tp, p99 = figures.get("throughput_samples_per_s"), figures.get("latency_ms_p99")
                 text = f"{tp:,.1f} samples/s" if isinstance(tp, int | float) else ""

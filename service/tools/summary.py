@@ -125,7 +125,7 @@ def sweep_cells(data: Mapping[str, Any]) -> list[list[str]]:
         verdicts = []
         for role in ROLES:
             figures = (point.get("models") or {}).get(role) or {}
-            if "error" in figures:
+            if figures.get("error"):
                 cells += ["failed", ""]
                 verdicts.append("error")
                 continue

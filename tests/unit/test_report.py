@@ -13,6 +13,7 @@ from statistics import NormalDist
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from contracts import FinishEvent
 from service.cli import main
@@ -466,24 +467,27 @@ def test_rich_page_is_self_contained_and_has_no_bad_coordinates(rich: dict[str, 
 
 
 def test_failed_and_malformed_sweep_points_never_crash(result: dict[str, Any]) -> None:
-    """A failed point, missing models, odd figures and a bad best are skipped, not fatal."""
+    """A failed point, missing models, missing figures and an empty best are skipped, not
+    fatal; odd step figures (untyped in the contract) too. A sweep table of the wrong shape
+    is refused by the contract, naming the field."""
     data = result["data"]
+    bad = {**data, "sweep": {"points": [{"batch_size": "x", "models": {}}]}}
+    with pytest.raises(ValidationError, match=r"sweep.points.0.batch_size"):
+        FinishEvent.model_validate({**result, "data": bad})
     data["sweep"] = {
         "points": [
             {"batch_size": 1, "instances": 1, "cores_per_instance": 4, "error": "OOM"},
             {"batch_size": 2, "instances": 1, "cores_per_instance": 4},
-            {"batch_size": "x", "models": {"input_model": {"throughput_samples_per_s": 3.0}}},
             {
-                "batch_size": 4,
+                "batch_size": 4, "instances": 2, "cores_per_instance": 1,
                 "models": {
-                    "input_model": {"throughput_samples_per_s": None, "latency_ms_p99": "slow"},
-                    "optimized_model": "broken",
+                    "input_model": {"throughput_samples_per_s": None, "latency_ms_p99": None},
+                    "optimized_model": {"error": "broken"},
                 },
             },
-            "not a point",
         ],
-        "best": {"input_model": {"by_throughput": {"batch_size": 8}}, "optimized_model": 3},
-    }
+        "best": {"input_model": {"by_throughput": None}},
+    }  # fmt: skip
     perf = data["execution_details"]["input_model_benchmark"]["performance"]
     perf["latency_quantiles_ms"] = [1.0, None, 3.0]
     perf["throughput_timeline"] = {"bucket_s": 0, "samples_per_s": [1.0]}
@@ -502,8 +506,8 @@ def test_failed_and_malformed_sweep_points_never_crash(result: dict[str, Any]) -
         assert f'id="{absent}"' not in page, absent
     assert 'id="latency-chart"' in page  # the fallback
     table = re.search(r'<table id="sweep-table">.*?</table>', page, re.S)
-    assert table and table.group(0).count("<tr class='sweep-point'>") == 4
-    assert "failed: OOM" in table.group(0) and "?×?" in table.group(0)
+    assert table and table.group(0).count("<tr class='sweep-point'>") == 3
+    assert "failed: OOM" in table.group(0) and "failed: broken" in table.group(0)
 
 
 def test_sweep_with_every_point_failed_keeps_its_table(result: dict[str, Any]) -> None:
