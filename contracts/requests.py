@@ -19,7 +19,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 from pydantic.json_schema import SkipJsonSchema
 
 from ._base import Contract
@@ -144,16 +151,31 @@ class Sweep(Contract):
         description="Layouts to measure, distinct. Default: the request's layout.",
     )
 
+    @model_serializer(mode="wrap")
+    def _leave_out_what_is_not_given(self, handler: SerializerFunctionWrapHandler) -> Any:
+        """A list left out stays out: a client that dumps the model never sends an empty list
+        (which the worker refuses)."""
+        data = handler(self)
+        return {key: value for key, value in data.items() if value not in ((), [])}
+
     @model_validator(mode="after")
     def _points_are_distinct(self) -> Sweep:
         if not self.batch_sizes and not self.layouts:
             raise ValueError("a sweep needs batch_sizes, layouts or both")
-        if len(set(self.batch_sizes)) != len(self.batch_sizes):
+        if len(set(self.sizes())) != len(self.sizes()):
             raise ValueError("sweep batch_sizes repeat a value")
-        shapes = [(layout.instances, layout.cores_per_instance) for layout in self.layouts]
+        shapes = self.shapes()
         if len(set(shapes)) != len(shapes):
             raise ValueError("sweep layouts repeat a layout")
         return self
+
+    def sizes(self) -> tuple[int, ...]:
+        """The batch sizes given (empty when left out)."""
+        return self.batch_sizes
+
+    def shapes(self) -> list[tuple[int, int]]:
+        """The layouts given as (instances, cores_per_instance) (empty when left out)."""
+        return [(layout.instances, layout.cores_per_instance) for layout in self.layouts]
 
 
 ScenarioName = Literal["offline", "single_stream", "server"]

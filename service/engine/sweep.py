@@ -65,8 +65,8 @@ def sweep_points(request: BenchmarkRequest, main: tuple[int, int, int]) -> list[
     sweep = request.benchmark.sweep
     if sweep is None:
         return []
-    batch_sizes = sweep.batch_sizes or (main[0],)
-    layouts = [(lay.instances, lay.cores_per_instance) for lay in sweep.layouts] or [main[1:]]
+    batch_sizes = sweep.sizes() or (main[0],)
+    layouts = sweep.shapes() or [main[1:]]
     points = [SweepPoint(*main, main=True)]
     for batch_size in batch_sizes:
         for instances, cores in layouts:

@@ -163,8 +163,7 @@ def _sweep_layouts(request: BenchmarkRequest, topology: CpuTopology) -> dict[tup
     fit this worker's CPUs fails the request at step ``plan``, naming the layout."""
     sweep = request.benchmark.sweep
     plans: dict[tuple[int, int], Plan] = {}
-    for layout in () if sweep is None else sweep.layouts:
-        shape = (layout.instances, layout.cores_per_instance)
+    for shape in [] if sweep is None else sweep.shapes():
         try:
             plans[shape] = plan_instances(topology, *shape)
         except PlanError as exc:

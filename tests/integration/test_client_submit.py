@@ -94,6 +94,31 @@ async def test_terminal_shows_each_step_then_the_comparison_table(
     assert (directory / "report.html").is_file()
 
 
+async def test_terminal_shows_each_sweep_point_then_the_sweep_and_best_points(
+    worker: Any, worker_config: Path, sample_dir: Path, tmp_path: Path
+) -> None:
+    """A sweep on a terminal: a line per point as it finishes, the bar counting every run,
+    then the sweep table and each model's best point, as in the result."""
+    request = short_request(sample_dir, optimized=True)
+    request["benchmark"].update(batch_size=1, instances=1, cores_per_instance=2,
+                                sweep={"batch_sizes": [1, 2]})  # fmt: skip
+    request_path = tmp_path / "request.json"
+    request_path.write_text(json.dumps(request))
+    argv = submit_argv(request_path, worker_config, "--timeout", "240")
+    code, shown = await asyncio.to_thread(run_in_terminal, argv, tmp_path / "submit.log", 160)
+    screen = ANSI.sub("", shown)
+    assert code == 0, screen[-3000:]
+    for role in ("input_model", "optimized_model"):
+        assert re.search(rf"✓ sweep batch 2, 1×2 · {role} +[\d,.]+ samples/s", screen), role
+    assert "4/4" in screen  # 2 main steps + 2 sweep runs
+    result, _ = workload_result(request)
+    best = result["data"]["sweep"]["best"]["optimized_model"]["by_throughput"]
+    assert (f"optimized model: best throughput at batch {best['batch_size']}, "
+            f"{best['instances']}×{best['cores_per_instance']}") in screen  # fmt: skip
+    table = screen[screen.rindex("sweep") :]
+    assert "speedup" in screen and "verdicts" in table
+
+
 async def test_piped_prints_one_json_line_per_event_and_exits_by_status(
     worker: Any, worker_config: Path, sample_dir: Path, tmp_path: Path
 ) -> None:

@@ -133,3 +133,14 @@ def test_the_timeline_counts_every_instance_in_its_bucket() -> None:
     assert timeline["samples_per_s"][0] == pytest.approx((5 + 2) * 2 / 0.5, abs=4)
     assert timeline["samples_per_s"][-1] == pytest.approx(5 * 2 / 0.5, abs=4)
     assert sum(timeline["samples_per_s"]) * 0.5 == pytest.approx((100 + 25) * 2, abs=4)  # edges
+
+
+def test_a_dumped_sweep_request_is_one_the_worker_accepts() -> None:
+    """A client that builds the request with the contracts and sends its body: a list it left
+    out is not sent as an empty one (the worker refuses an empty list)."""
+    request = _request(sweep={"batch_sizes": [1, 2]})
+
+    again = BenchmarkRequest.model_validate_json(request.to_body())
+
+    assert "layouts" not in request.model_dump()["benchmark"]["sweep"]
+    assert again == request
