@@ -289,7 +289,8 @@ async def _run_steps(
         known_sha256,
     )
     points = sweep_points(request, _main_point(workload))
-    sweep_runs = run_order(points, [role for role, _, mode in steps if mode == "performance"])
+    measured: list[ModelRole] = [role for role, _, mode in steps if mode == "performance"]
+    sweep_runs = run_order(points, measured)
     total = len(steps) + len(sweep_runs)
     for number, (role, spec, mode) in enumerate(steps, start=1):
         tracker.current = f"{role}/{mode}"
@@ -308,7 +309,7 @@ async def _run_steps(
         await emit(ProgressEvent(data=ResultData.model_validate(payload)))
     payload.update(signoff.comparison(payload))  # speedup, its interval, accuracy delta
     if points:
-        await _run_sweep(workload, signoff, points, sweep_runs, payload, emit, tracker)
+        await _run_sweep(workload, signoff, points, measured, sweep_runs, payload, emit, tracker)
     finish = FinishEvent(status="success", data=ResultData.model_validate(payload))
     _write_result(workload.directory, finish)
     return finish
@@ -323,6 +324,7 @@ async def _run_sweep(
     workload: Workload,
     signoff: SignOff,
     points: list[SweepPoint],
+    roles: list[ModelRole],
     runs: list[tuple[SweepPoint, ModelRole]],
     payload: dict[str, Any],
     emit: Emit,
@@ -331,24 +333,28 @@ async def _run_sweep(
     """Every sweep point beyond the main one, for each model measured for performance, in
     :func:`service.engine.sweep.run_order`; a progress event after each. A point that fails
     (a fixed batch dimension, a runner that dies) is a row saying why; the sweep goes on."""
-    roles = list(dict.fromkeys(role for _, role in runs))
     table = SweepTable(points, roles)
     main = points[0]
     for role in roles:
         table.add(main, role, payload["execution_details"][step_key(role)]["performance"])
     table.set_speedup(main, payload.get("speedup"), payload.get("speedup_ci95"))
+    payload["sweep"] = table.to_dict()  # a 1-point sweep is its main point's row
     specs = dict(workload.request.models())
     done_before = int(payload["current_step"])
     for number, (point, role) in enumerate(runs, start=done_before + 1):
         tracker.current = f"sweep/{point.label}/{role}"
-        variant = _point_workload(workload, point)
         try:
+            variant = _point_workload(workload, point)
             details, _ = await _run_step(variant, role, specs[role], "performance", signoff,
                                          point=point)  # fmt: skip
             table.add(point, role, details)
         except StepFailed as exc:
             log.warning("sweep_point_failed", point=point.label, role=role, error=exc.message)
             table.failed(point, role, exc.message)
+        except OSError as exc:  # disk full, workspace gone: no point can be written
+            where = exc.filename or workload.directory
+            raise StepFailed(tracker.current, f"{tracker.current} failed: cannot write "
+                             f"{where}: {exc.strerror}") from None  # fmt: skip
         models = table.figures.get(point.key(), {})
         if set(models) == {"input_model", "optimized_model"}:
             table.set_speedup(

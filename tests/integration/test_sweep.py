@@ -9,6 +9,7 @@ import pytest
 
 from contracts import FinishEvent, ProgressEvent
 from tests.integration.bus import EventCollector, publish_request
+from tests.integration.test_bench import bench
 from tests.integration.test_end_to_end import seed_request
 
 pytestmark = [pytest.mark.broker, pytest.mark.tensorflow]
@@ -69,3 +70,31 @@ async def test_a_sweep_measures_every_point_for_both_models_and_names_the_best(
     progress = [e for e in events if isinstance(e, ProgressEvent)]
     assert [p.data.progress for p in progress] == [f"{n}/8" for n in range(1, 9)]
     assert len(progress[-1].data.model_dump()["sweep"]["points"]) == 4
+
+
+@pytest.mark.parametrize(
+    ("sweep", "rows"),
+    [({"batch_sizes": [1]}, 1), ({"layouts": [{"instances": 4, "cores_per_instance": 8}]}, 0)],
+)
+def test_a_one_point_sweep_is_the_main_row_and_a_layout_too_big_fails_at_plan(
+    sample_dir: Path, tmp_path: Path, sweep: dict, rows: int
+) -> None:
+    """Without a broker (bench): a sweep of the main point alone measures nothing more and
+    its table is the main point's row; a layout that does not fit this worker's CPUs fails
+    the request before anything runs, naming the layout."""
+    body = seed_request(sample_dir, batch_size=1, instances=1, cores_per_instance=1,
+                        min_iterations=20, sweep=sweep)  # fmt: skip
+    body["input_model"]["mods"] = ["benchmark"]
+    body.pop("optimized_model")
+
+    code, events = bench(body, sample_dir, tmp_path)
+
+    finish = events[-1]
+    if rows:
+        assert code == 0 and finish.status == "success", finish
+        (row,) = finish.data.model_dump()["sweep"]["points"]
+        assert row["main"] and row["models"]["input_model"]["throughput_samples_per_s"] > 0
+        assert [e.data.progress for e in events if isinstance(e, ProgressEvent)] == ["1/1"]
+    else:
+        assert finish.status == "error" and finish.data.step == "plan"
+        assert "sweep layout 4x8" in finish.data.message  # type: ignore[union-attr]
