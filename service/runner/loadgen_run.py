@@ -6,7 +6,8 @@ inference of one batch (one LoadGen *sample* is one batch of ``batch_size``).
 The system under test (:class:`_Sut`): LoadGen's issue thread calls ``issue_queries``, which
 stamps each sample with ``time.monotonic_ns()`` and puts it on a queue; one worker thread takes
 samples one at a time, runs ``call()``, stamps the end and completes the sample with
-``QuerySamplesComplete``. Our per-query latency is end - receipt; LoadGen's is its own
+``QuerySamplesComplete`` (in single_stream, where nothing can queue, the call runs in the issue
+thread itself, without the hand-off). Our per-query latency is end - receipt; LoadGen's is its own
 completion stamp - the query's *scheduled* time, so it also holds the issue thread's wake-up
 and the Python callback's entry (both a few tens of µs when ``call`` releases the GIL, as a
 TensorFlow session call does).
