@@ -66,7 +66,8 @@ def main() -> int:
             walls[name].append(wall_s)
             throughputs[name].append(throughput)
         print(f"round {number + 1}: " + ", ".join(
-            f"{n} {walls[n][-1]:.2f} s" for n in variants), flush=True)  # fmt: skip
+            f"{n} {walls[n][-1]:.2f} s {throughputs[n][-1]:,.0f}/s" for n in variants),
+            flush=True)  # fmt: skip
 
     print("\nvariant   wall s (median)   input samples/s (median)")
     for name in variants:

@@ -131,7 +131,8 @@ def sweep_cells(data: Mapping[str, Any]) -> list[list[str]]:
                 continue
             cells.append(_format("{:,.1f}", _number(figures.get("throughput_samples_per_s"))))
             cells.append(_format("{:.3f}", _number(figures.get("latency_ms_p99"))))
-            verdicts.append(str((figures.get("verdict") or {}).get("status", "")))
+            if figures:  # a model the request measured
+                verdicts.append(str((figures.get("verdict") or {}).get("status", "")))
         cells.append(_format("{:.3f}x", _number(point.get("speedup"))))
         cells.append("/".join(verdicts))
         rows.append(cells)
