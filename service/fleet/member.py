@@ -150,13 +150,14 @@ class Fleet:
         """While the block runs, the node is busy with ``task`` (the one owner of "busy"): a
         cancel for ``workload_id`` cancels the task and is noted on the :class:`Running` the
         block gets. Set its ``finish`` before the block ends and the outcome is counted; a
-        block left by an exception counts as a requeue."""
+        block left cancelled (shutdown, a lost delivery) counts as a requeue. Any other
+        exception is the handler's to count (it retries or gives up)."""
         running = self._running = Running(workload_id, task, steps)
         started = time.monotonic()
         self._set_busy(workload_id)
         try:
             yield running
-        except BaseException:
+        except asyncio.CancelledError:
             self._count("requeued")
             raise
         finally:
