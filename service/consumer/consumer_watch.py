@@ -80,7 +80,13 @@ class ConsumerWatch:
         """Check every ``interval_s`` until the consumer is lost (or the task is cancelled)."""
         while True:
             await asyncio.sleep(self._interval_s)
-            self.state = await consumer_state(self._channel, self.consumer_tag, self._interval_s)
+            try:
+                self.state = await consumer_state(
+                    self._channel, self.consumer_tag, self._interval_s
+                )
+            except Exception as exc:  # a check that fails says "not consuming", not "alive"
+                log.warning("consumer_check_failed", error=repr(exc))
+                self.state = ConsumerState.RECONNECTING
             if self.observe(self.state, time.monotonic()):
                 self._on_lost()
                 return

@@ -178,3 +178,25 @@ def test_consumer_watch_is_what_heartbeat_and_watchdog_read(tmp_path: Path) -> N
     assert states == ["consumer_lost", "consuming", *["consumer_lost"] * 5]
     assert lost == [True]
     assert check_heartbeat(path, 30).reason == "worker state is 'stopped', not 'consuming'"
+
+
+def test_a_consumer_check_that_fails_is_not_consuming() -> None:
+    """The check itself raising (an unexpected channel error) must not leave the heartbeat
+    saying 'consuming' from an earlier answer, and is not a miss that stops the worker."""
+
+    class Broken:
+        async def get_underlay_channel(self) -> None:
+            raise ValueError("channel in a state nobody expected")
+
+    lost: list[bool] = []
+    watch = ConsumerWatch(Broken(), "tag", 0.01, 0.0, lambda: lost.append(True))  # type: ignore[arg-type]
+
+    async def two_checks() -> None:
+        task = asyncio.create_task(watch.run())
+        await asyncio.sleep(0.05)
+        task.cancel()
+
+    asyncio.run(two_checks())
+
+    assert not watch.consuming and watch.state is ConsumerState.RECONNECTING
+    assert lost == []
