@@ -201,19 +201,25 @@ def hash_path(path: Path) -> dict[str, Any]:
     A directory's digest runs over its regular files sorted by relative path, each contributing
     its relative path, a NUL, its length, a NUL and its bytes, so renames and moves count.
     """
-    if not path.exists():
-        raise FileNotFoundError(2, "No such file or directory", str(path))
+    files = _model_files(path)
     digest = hashlib.sha256()
     if path.is_file():
-        files = [(path.name, path)]
         size = _feed(digest, path)
         return {"sha256": digest.hexdigest(), "size_bytes": size, "files": len(files)}
-    files = sorted((p.relative_to(path).as_posix(), p) for p in path.rglob("*") if p.is_file())
     size = 0
     for relative, file in files:
         digest.update(relative.encode() + b"\0" + str(file.stat().st_size).encode() + b"\0")
         size += _feed(digest, file)
     return {"sha256": digest.hexdigest(), "size_bytes": size, "files": len(files)}
+
+
+def _model_files(path: Path) -> list[tuple[str, Path]]:
+    """A model's regular files with their relative paths, sorted (a file: itself)."""
+    if not path.exists():
+        raise FileNotFoundError(2, "No such file or directory", str(path))
+    if path.is_file():
+        return [(path.name, path)]
+    return sorted((p.relative_to(path).as_posix(), p) for p in path.rglob("*") if p.is_file())
 
 
 def _feed(digest: Any, path: Path) -> int:
@@ -249,8 +255,8 @@ async def hash_models(
 
 def _sized(path: Path, sha256: str) -> dict[str, Any]:
     """:func:`hash_path`'s answer for a model whose digest is known: sizes from ``stat``."""
-    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
-    size = sum(file.stat().st_size for file in files)
+    files = _model_files(path)
+    size = sum(file.stat().st_size for _, file in files)
     return {"sha256": sha256, "size_bytes": size, "files": len(files)}
 
 
