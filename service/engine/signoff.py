@@ -25,8 +25,8 @@ class SignOff:
     batch_size: int
     dataset: dict[str, Any] | None = None
     run_length: dict[str, Any] = field(default_factory=dict)
-    performance_results: dict[str, list[RunnerResult]] = field(default_factory=dict)
-    point_results: dict[tuple[object, str], list[RunnerResult]] = field(default_factory=dict)
+    # (sweep point or None for the main point, role) -> that step's runner results
+    performance_results: dict[tuple[object, str], list[RunnerResult]] = field(default_factory=dict)
 
     @classmethod
     async def collect(
@@ -85,19 +85,24 @@ class SignOff:
         if loadgen is not None:  # single_stream or server: what MLPerf LoadGen said
             figures["scenario"] = loadgen
         figures["verdict"] = verdict.performance_verdict(figures, pinning_mismatches)
-        if point is None:
-            self.performance_results[role] = list(results)
-        else:
-            self.point_results[(point, role)] = list(results)
+        self.performance_results[(point, role)] = list(results)
         return figures
 
-    def point_speedup_interval(self, point: object, batch_size: int) -> list[float] | None:
-        """The 95% interval of a sweep point's speedup, when both models were measured."""
-        base = self.point_results.get((point, "input_model"))
-        new = self.point_results.get((point, "optimized_model"))
-        if not base or not new:
-            return None
-        return aggregate.speedup_interval(base, new, batch_size)
+    def speedup(
+        self, input_tp: Any, optimized_tp: Any, point: object | None = None, batch_size: int = 0
+    ) -> dict[str, Any]:
+        """``speedup`` (optimized / input throughput) and its ``speedup_ci95``, of the main
+        point or of a sweep ``point`` (with its ``batch_size``): each when it can be had."""
+        out: dict[str, Any] = {}
+        if input_tp and optimized_tp:
+            out["speedup"] = round(optimized_tp / input_tp, 4)
+        base = self.performance_results.get((point, "input_model"))
+        new = self.performance_results.get((point, "optimized_model"))
+        if base and new:
+            out["speedup_ci95"] = aggregate.speedup_interval(
+                base, new, batch_size or self.batch_size
+            )
+        return out
 
     def accuracy_figures(
         self, role: str, result: RunnerResult, pinning_mismatches: Sequence[str]
@@ -131,15 +136,10 @@ class SignOff:
         ``speedup_ci95`` when both models were measured for performance, and
         ``accuracy_delta`` when both were measured for accuracy (``headline``: the seed's
         ``perf_throughput_*`` and ``acc_*`` fields)."""
-        out: dict[str, Any] = {}
-        base_tp = headline.get("perf_throughput_input_model")
-        new_tp = headline.get("perf_throughput_optimized_model")
-        if base_tp and new_tp:
-            out["speedup"] = round(new_tp / base_tp, 4)
-        base = self.performance_results.get("input_model")
-        new = self.performance_results.get("optimized_model")
-        if base and new:
-            out["speedup_ci95"] = aggregate.speedup_interval(base, new, self.batch_size)
+        out = self.speedup(
+            headline.get("perf_throughput_input_model"),
+            headline.get("perf_throughput_optimized_model"),
+        )
         acc_base, acc_new = headline.get("acc_input_model"), headline.get("acc_optimized_model")
         if acc_base is not None and acc_new is not None:
             out["accuracy_delta"] = round(acc_new - acc_base, 4)

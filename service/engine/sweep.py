@@ -104,10 +104,9 @@ class SweepTable:
         """A point that produced no figures: the row says why, the sweep goes on."""
         self.figures.setdefault(point.key(), {})[role] = {"error": message}
 
-    def set_speedup(
-        self, point: SweepPoint, speedup: float | None, interval: list[float] | None
-    ) -> None:
-        self.speedups[point.key()] = {"speedup": speedup, "speedup_ci95": interval}
+    def set_speedup(self, point: SweepPoint, speedup: Mapping[str, Any]) -> None:
+        """``speedup`` and ``speedup_ci95`` of a point (:meth:`SignOff.speedup`)."""
+        self.speedups[point.key()] = dict(speedup)
 
     def done(self) -> int:
         """(point, model) pairs with a row so far."""
@@ -125,12 +124,6 @@ class SweepTable:
             "best": {role: best_points(rows, role) for role in self.roles},
             "order": "points in order, models alternating first (A B, B A, ...)",
         }
-
-
-def speedup(input_tp: Any, optimized_tp: Any) -> float | None:
-    if not input_tp or not optimized_tp:
-        return None
-    return round(float(optimized_tp) / float(input_tp), 4)
 
 
 def best_points(rows: Sequence[Mapping[str, Any]], role: str) -> dict[str, Any]:

@@ -34,7 +34,7 @@ from service.engine import results as result_store
 from service.engine.onednn import OneDnnDecision
 from service.engine.paths import VALIDATE_STEP, model_format, require_existing, resolve_allowed
 from service.engine.signoff import SignOff
-from service.engine.sweep import SweepPoint, SweepTable, run_order, speedup, sweep_points
+from service.engine.sweep import SweepPoint, SweepTable, run_order, sweep_points
 from service.engine.window_plan import WindowPlan, plan_window
 from service.errors import StepFailed
 from service.executor.launch import (
@@ -337,7 +337,8 @@ async def _run_sweep(
     main = points[0]
     for role in roles:
         table.add(main, role, payload["execution_details"][step_key(role)]["performance"])
-    table.set_speedup(main, payload.get("speedup"), payload.get("speedup_ci95"))
+    table.set_speedup(main, {key: payload[key] for key in ("speedup", "speedup_ci95")
+                             if key in payload})  # fmt: skip
     payload["sweep"] = table.to_dict()  # a 1-point sweep is its main point's row
     specs = dict(workload.request.models())
     done_before = int(payload["current_step"])
@@ -357,12 +358,11 @@ async def _run_sweep(
                              f"{where}: {exc.strerror}") from None  # fmt: skip
         models = table.figures.get(point.key(), {})
         if set(models) == {"input_model", "optimized_model"}:
-            table.set_speedup(
-                point,
-                speedup(models["input_model"].get("throughput_samples_per_s"),
-                        models["optimized_model"].get("throughput_samples_per_s")),
-                signoff.point_speedup_interval(point, point.batch_size),
-            )  # fmt: skip
+            table.set_speedup(point, signoff.speedup(
+                models["input_model"].get("throughput_samples_per_s"),
+                models["optimized_model"].get("throughput_samples_per_s"),
+                point, point.batch_size,
+            ))  # fmt: skip
         payload["sweep"] = table.to_dict()
         payload.update(progress=f"{number}/{payload['number_of_steps']}", current_step=number)
         await emit(ProgressEvent(data=ResultData.model_validate(payload)))
