@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -26,6 +27,26 @@ def sample_models(directory: Path | None) -> Path:
             cwd=REPO,
         )
     return directory
+
+
+def pinned_sample_model(samples: Path, cpu: int, batch_size: int) -> tuple[Any, list[Any]]:
+    """The sample fp32 graph loaded in this process as a runner loads it: pinned to ``cpu``
+    before TensorFlow starts, one thread, warmed up; the model and its synthetic inputs."""
+    from service.runner.pinning import pin_process
+    from service.runner.protocol import RunnerModel
+
+    pin_process([cpu])  # before TensorFlow starts its thread pools, as the runner does
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from service.runner import performance
+    from service.runner.loading import load_model
+
+    model = load_model(
+        RunnerModel(path=str(samples / "fp32.pb"), precision="fp32", format="frozen_pb"),
+        cpu_count=1,
+    )
+    feeds = performance.synthetic_inputs(model.inputs, batch_size)
+    performance.warm_up(model, feeds, 200, 1.0)
+    return model, feeds
 
 
 def bare_loops(model: Path, cpus: list[int], batch_size: int, duration_s: float) -> list[float]:

@@ -30,9 +30,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from ops.perf._common import sample_models
-from service.runner.pinning import pin_process
-from service.runner.protocol import PerformanceResult, RunnerModel, ScenarioConfig
+from ops.perf._common import pinned_sample_model, sample_models
+from service.runner.protocol import PerformanceResult, ScenarioConfig
 
 
 def main() -> int:
@@ -45,18 +44,10 @@ def main() -> int:
     parser.add_argument("--cpu", type=int, default=sorted(os.sched_getaffinity(0))[-1])
     args = parser.parse_args()
     samples = sample_models(args.samples)
-    pin_process([args.cpu])  # before TensorFlow starts its thread pools, as the runner does
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    model, feeds = pinned_sample_model(samples, args.cpu, 1)
     from service.runner import loadgen_run, performance
-    from service.runner.loading import load_model
     from service.runner.runlength import RunLength
 
-    model = load_model(
-        RunnerModel(path=str(samples / "fp32.pb"), precision="fp32", format="frozen_pb"),
-        cpu_count=1,
-    )
-    feeds = performance.synthetic_inputs(model.inputs, 1)
-    performance.warm_up(model, feeds, 200, 1.0)
     logs = Path(tempfile.mkdtemp(prefix="loadgen-overhead-"))
     single_stream = ScenarioConfig(name="single_stream")
 

@@ -40,8 +40,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from ops.perf._common import sample_models
-from service.runner.pinning import pin_process
+from ops.perf._common import pinned_sample_model, sample_models
 from service.runner.protocol import PerformanceResult, RunnerConfig, RunnerModel, RunnerResult
 
 TARGET_RATIO = 0.99
@@ -59,18 +58,10 @@ def main() -> int:
     parser.add_argument("--noop-calls", type=int, default=2_000_000)
     args = parser.parse_args()
     samples = sample_models(args.samples)
-    pin_process([args.cpu])  # before TensorFlow starts its thread pools, as the runner does
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    model, feeds = pinned_sample_model(samples, args.cpu, args.batch_size)
     from service.runner import performance, probes
-    from service.runner.loading import load_model
     from service.runner.runlength import RunLength
 
-    model = load_model(
-        RunnerModel(path=str(samples / "fp32.pb"), precision="fp32", format="frozen_pb"),
-        cpu_count=1,
-    )
-    feeds = performance.synthetic_inputs(model.inputs, args.batch_size)
-    performance.warm_up(model, feeds, 200, 1.0)
     run = model.run
 
     def bare(duration_s: float, run: Callable[..., object] = run) -> tuple[int, float]:
@@ -169,7 +160,7 @@ def noop_costs(
     def noop(*_: object) -> None:
         return None
 
-    noop_model = type("Noop", (), {"run": staticmethod(noop)})()
+    noop_model = type("Noop", (), {"run": staticmethod(noop), "timed_run": staticmethod(noop)})()
     costs_ns = {}
     for name in ("bare", "seed", "runner"):
         best = float("inf")
