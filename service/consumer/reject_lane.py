@@ -6,10 +6,13 @@ whatever the worker does. A larger prefetch would let one busy worker hold reque
 workers could run. So the worker keeps its prefetch-1 consumer, and after ``open_after``
 bodies in a row were rejected it opens a second consumer, the *reject lane*, with a larger
 prefetch on a channel of its own. A valid request that reaches the lane closes it (as does
-``quiet_s`` without a delivery); the worker runs that request itself when idle. Only a valid
-request that finds the worker busy, on its first delivery, is handed back to the queue (nack
-with requeue: once, since a redelivered one waits its turn instead; before RabbitMQ 4.3 that
-nack counts as a delivery attempt).
+``quiet_s`` without a delivery) and goes back to the queue at once (nack with requeue; before
+RabbitMQ 4.3 that nack counts as a delivery attempt): the lane never runs a request.
+
+A quorum queue redelivers what was returned before anything else, so the handed-back request
+is next in line for a prefetch-1 consumer. Until one takes a valid request (normally that one)
+the lane stays shut, at most ``hand_back_shut_s``: otherwise the main consumer's next rejections
+could reopen it first, and the lane would hand the same request back again, and again.
 """
 
 from __future__ import annotations
@@ -31,12 +34,19 @@ class RejectLane:
     """Opens after a run of rejections, closes on the first valid request or when quiet."""
 
     def __init__(
-        self, queue: AbstractQueue, on_message: OnMessage, open_after: int, quiet_s: float
+        self,
+        queue: AbstractQueue,
+        on_message: OnMessage,
+        open_after: int,
+        quiet_s: float,
+        hand_back_shut_s: float = 30.0,
     ) -> None:
         self._queue = queue
         self._on_message = on_message
         self._open_after = open_after
         self._quiet_s = quiet_s
+        self._hand_back_shut_s = hand_back_shut_s
+        self._shut_until_s = 0.0  # after a hand-back, until a valid request is taken
         self._rejects_in_a_row = 0
         self._tag: str | None = None
         self._last_delivery_s = 0.0
@@ -51,14 +61,22 @@ class RejectLane:
     def rejected(self) -> None:
         """One more body rejected; open the lane after ``open_after`` in a row."""
         self._rejects_in_a_row += 1
-        if self._rejects_in_a_row >= self._open_after and not self.is_open:
+        if self._may_open():
             self._spawn(self._open())
 
     def accepted(self) -> None:
-        """A valid request: the flood is over, close the lane."""
+        """The main consumer took a valid request: the flood is over, close the lane."""
         self._rejects_in_a_row = 0
+        self._shut_until_s = 0.0
         if self.is_open:
             self._spawn(self.close("valid request"))
+
+    async def hand_back(self) -> None:
+        """A valid request reached the lane: close it, and keep it shut until the main consumer
+        takes a valid request (or ``hand_back_shut_s`` passed: another worker took it). Call
+        before the request is nacked, so it cannot come back to this lane."""
+        self._shut_until_s = time.monotonic() + self._hand_back_shut_s
+        await self.close("valid request")
 
     async def close(self, reason: str, *, for_good: bool = False) -> None:
         """Cancel the lane's consumer; with ``for_good`` (shutdown) it never opens again."""
@@ -76,7 +94,7 @@ class RejectLane:
 
     async def _open(self) -> None:
         async with self._switching:
-            if self.is_open or self._closed_for_good or self._rejects_in_a_row < self._open_after:
+            if not self._may_open():
                 return
             self._last_delivery_s = time.monotonic()
             try:
@@ -86,6 +104,14 @@ class RejectLane:
                 return
             log.info("reject_lane_opened", after_rejections=self._rejects_in_a_row)
         self._spawn(self._close_when_quiet())
+
+    def _may_open(self) -> bool:
+        return (
+            not self.is_open
+            and not self._closed_for_good
+            and self._rejects_in_a_row >= self._open_after
+            and time.monotonic() >= self._shut_until_s
+        )
 
     async def _deliver(self, message: AbstractIncomingMessage) -> None:
         self._last_delivery_s = time.monotonic()

@@ -172,7 +172,7 @@ class Worker:
         ):  # all of it: the lane runs nothing
             outcome = await self._handler().handle_on_lane(message)
             if outcome is outcomes.HANDED_BACK and self._lane is not None:
-                await self._lane.close("valid request")
+                await self._lane.hand_back()  # shut until a valid request is taken
             await outcomes.apply(message, outcome, self._dead_letters)
 
     def _count_rejection(self, from_lane: bool) -> None:
