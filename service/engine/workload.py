@@ -22,19 +22,18 @@ from contracts import (
     ModelRole,
     ModelSpec,
     ProgressEvent,
-    ResultData,
     StartData,
     StartEvent,
     error_finish,
-    step_key,
 )
 from service.config import Settings
 from service.engine import datasets, preflight, run_dirs
 from service.engine import results as result_store
 from service.engine.onednn import OneDnnDecision
 from service.engine.paths import VALIDATE_STEP, model_format, require_existing, resolve_allowed
+from service.engine.result_builder import ResultBuilder
 from service.engine.signoff import SignOff
-from service.engine.sweep import SweepPoint, SweepTable, run_order, sweep_points
+from service.engine.sweep import SweepPoint, run_order, sweep_points
 from service.engine.window_plan import WindowPlan, plan_window
 from service.errors import StepFailed
 from service.executor.launch import (
@@ -279,9 +278,6 @@ async def _run_steps(
 ) -> FinishEvent:
     request = workload.request
     steps = request.steps()
-    payload: dict[str, Any] = {"id": request.id, "execution_details": {}, **extra}
-    if workload.config.dataset is not None:
-        payload["dataset"] = {"path": workload.config.dataset, "source": workload.dataset_source}
     signoff = await SignOff.collect(  # machine, hashes
         workload.config,
         workload.runner_cpus,
@@ -291,28 +287,27 @@ async def _run_steps(
     points = sweep_points(request, _main_point(workload))
     measured: list[ModelRole] = [role for role, _, mode in steps if mode == "performance"]
     sweep_runs = run_order(points, measured)
-    total = len(steps) + len(sweep_runs)
-    for number, (role, spec, mode) in enumerate(steps, start=1):
+    result = ResultBuilder(request.id, signoff, len(steps) + len(sweep_runs), extra)
+    if workload.config.dataset is not None:
+        result.dataset = {"path": workload.config.dataset, "source": workload.dataset_source}
+    for role, spec, mode in steps:
         tracker.current = f"{role}/{mode}"
         try:
-            details, headline = await _run_step(workload, role, spec, mode, signoff)
+            details = await _run_step(workload, role, spec, mode, signoff)
         except OSError as exc:  # disk full, workspace gone: the step's files cannot be written
-            where = exc.filename or workload.directory
-            raise StepFailed(
-                tracker.current, f"{tracker.current} failed: cannot write {where}: {exc.strerror}"
-            ) from None
-        payload["execution_details"].setdefault(step_key(role), {})[mode] = details
-        payload.update(headline)
-        payload.update(signoff.summary(payload["execution_details"]))  # fingerprint, verdict
-        payload.update(progress=f"{number}/{total}", current_step=number,
-                       number_of_steps=total)  # fmt: skip
-        await emit(ProgressEvent(data=ResultData.model_validate(payload)))
-    payload.update(signoff.comparison(payload))  # speedup, its interval, accuracy delta
+            raise _cannot_write(tracker.current, exc, workload.directory) from None
+        await emit(ProgressEvent(data=result.step_done(role, mode, details)))
+    result.comparison()  # speedup, its interval, accuracy delta
     if points:
-        await _run_sweep(workload, signoff, points, measured, sweep_runs, payload, emit, tracker)
-    finish = FinishEvent(status="success", data=ResultData.model_validate(payload))
+        await _run_sweep(workload, result, points, measured, sweep_runs, emit, tracker)
+    finish = FinishEvent(status="success", data=result.data())
     _write_result(workload.directory, finish)
     return finish
+
+
+def _cannot_write(step: str, exc: OSError, directory: Path) -> StepFailed:
+    where = exc.filename or directory
+    return StepFailed(step, f"{step} failed: cannot write {where}: {exc.strerror}")
 
 
 def _main_point(workload: Workload) -> tuple[int, int, int]:
@@ -322,50 +317,31 @@ def _main_point(workload: Workload) -> tuple[int, int, int]:
 
 async def _run_sweep(
     workload: Workload,
-    signoff: SignOff,
+    result: ResultBuilder,
     points: list[SweepPoint],
     roles: list[ModelRole],
     runs: list[tuple[SweepPoint, ModelRole]],
-    payload: dict[str, Any],
     emit: Emit,
     tracker: StepTracker,
 ) -> None:
     """Every sweep point beyond the main one, for each model measured for performance, in
     :func:`service.engine.sweep.run_order`; a progress event after each. A point that fails
     (a fixed batch dimension, a runner that dies) is a row saying why; the sweep goes on."""
-    table = SweepTable(points, roles)
-    main = points[0]
-    for role in roles:
-        table.add(main, role, payload["execution_details"][step_key(role)]["performance"])
-    table.set_speedup(main, {key: payload[key] for key in ("speedup", "speedup_ci95")
-                             if key in payload})  # fmt: skip
-    payload["sweep"] = table.to_dict()  # a 1-point sweep is its main point's row
+    table = result.start_sweep(points, roles)
     specs = dict(workload.request.models())
-    done_before = int(payload["current_step"])
-    for number, (point, role) in enumerate(runs, start=done_before + 1):
+    for point, role in runs:
         tracker.current = f"sweep/{point.label}/{role}"
         try:
             variant = _point_workload(workload, point)
-            details, _ = await _run_step(variant, role, specs[role], "performance", signoff,
-                                         point=point)  # fmt: skip
+            details = await _run_step(variant, role, specs[role], "performance", result.signoff,
+                                      point=point)  # fmt: skip
             table.add(point, role, details)
         except StepFailed as exc:
             log.warning("sweep_point_failed", point=point.label, role=role, error=exc.message)
             table.failed(point, role, exc.message)
         except OSError as exc:  # disk full, workspace gone: no point can be written
-            where = exc.filename or workload.directory
-            raise StepFailed(tracker.current, f"{tracker.current} failed: cannot write "
-                             f"{where}: {exc.strerror}") from None  # fmt: skip
-        models = table.figures.get(point.key(), {})
-        if set(models) == {"input_model", "optimized_model"}:
-            table.set_speedup(point, signoff.speedup(
-                models["input_model"].get("throughput_samples_per_s"),
-                models["optimized_model"].get("throughput_samples_per_s"),
-                point, point.batch_size,
-            ))  # fmt: skip
-        payload["sweep"] = table.to_dict()
-        payload.update(progress=f"{number}/{payload['number_of_steps']}", current_step=number)
-        await emit(ProgressEvent(data=ResultData.model_validate(payload)))
+            raise _cannot_write(tracker.current, exc, workload.directory) from None
+        await emit(ProgressEvent(data=result.sweep_run_done(point)))
 
 
 def _point_workload(workload: Workload, point: SweepPoint) -> Workload:
@@ -391,8 +367,9 @@ async def _run_step(
     mode: str,
     signoff: SignOff,
     point: SweepPoint | None = None,
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Run one (model, mode) step on its planned CPUs; return its details and headline figures."""
+) -> dict[str, Any]:
+    """Run one (model, mode) step on its planned CPUs; return its details (figures, verdict,
+    costs, how it ran)."""
     step = f"{role}/{mode}" if point is None else f"sweep/{point.label}/{role}"
     instances: tuple[InstancePlan, ...] = (
         workload.plan.instances if mode == "performance" else (accuracy_plan(workload.plan),)
@@ -444,13 +421,8 @@ async def _run_step(
             figures = await signoff.performance_figures(
                 role, results, mismatches, workload.config.batch_size, point
             )
-            headline = {
-                f"perf_throughput_{role}": figures["throughput_samples_per_s"],
-                f"perf_latency_{role}": figures["latency_ms"],
-            }
         else:
             figures = signoff.accuracy_figures(role, results[0], mismatches)
-            headline = {f"acc_{role}": figures["accuracy"]}
     except ValueError as exc:
         raise StepFailed(step, f"{step} produced no usable measurement: {exc}") from None
     details.update(figures)
@@ -461,7 +433,7 @@ async def _run_step(
     details["onednn_enabled"] = results[0].onednn_enabled
     details["onednn"] = workload.onednn.details(results[0].onednn_enabled)
     details["thread_environment"] = results[0].thread_environment
-    return details, headline
+    return details
 
 
 def _plan_window(config: RunnerConfig, call_s: float, instances: int) -> WindowPlan:
