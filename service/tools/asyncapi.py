@@ -141,7 +141,39 @@ def asyncapi_document() -> dict[str, Any]:
         [(m.model, "validation") for m in messages],
         ref_template="#/components/schemas/{model}",
     )
-    by_key = {m.key: m for m in messages}
+    return {
+        "asyncapi": "3.0.0",
+        "info": {
+            "title": "Benchmark worker",
+            "version": __version__,
+            "description": (
+                "A RabbitMQ worker that benchmarks TensorFlow models, compatible with Intel "
+                "Neural Compressor's 'Execute benchmark' contract. Described from the worker's "
+                "side: publishers send what it receives, subscribers receive what it sends. "
+                "Names are the defaults; operators may rename them. Generated from the "
+                "contracts package by `benchmark-worker schema`."
+            ),
+        },
+        "defaultContentType": "application/json",
+        "servers": {
+            "rabbitmq": {
+                "host": "localhost:5672",
+                "protocol": "amqp",
+                "protocolVersion": "0.9.1",
+                "description": "Any RabbitMQ 3.8+ (quorum queues); the worker's broker.url.",
+            }
+        },
+        "channels": _channels(),
+        "operations": _operations(),
+        "components": {
+            "schemas": definitions["$defs"],
+            "messages": _component_messages(messages),
+        },
+    }
+
+
+def _channels() -> dict[str, Any]:
+    """Where messages go: the queues, and the exchanges' routing keys."""
     events_exchange = _exchange(EVENTS_EXCHANGE)
     workload = {
         "description": f"Workload id of the request, matching {WORKLOAD_ID_PATTERN}.",
@@ -151,7 +183,7 @@ def asyncapi_document() -> dict[str, Any]:
         "description": f"Node id of the worker (hostname-workerid), matching {NODE_ID_PATTERN}.",
         "examples": ["bench-01-3fa2c1d0"],
     }
-    channels = {
+    return {
         "requests": {
             "address": REQUESTS_QUEUE,
             "title": "Requests queue",
@@ -194,7 +226,8 @@ def asyncapi_document() -> dict[str, Any]:
         "workloadCancel": _event_channel(
             "benchmark.{workloadId}.cancel", "benchmarkCancel", _exchange(CONTROL_EXCHANGE),
             f"Control messages. Every worker binds its own exclusive queue to "
-            f"{CANCEL_BINDING}; the worker running the workload kills it and ends it with a "
+            f"{CANCEL_BINDING} (it outlives a reconnect: x-expires, deleted at a clean stop); "
+            "the worker running the workload kills it and ends it with a "
             "benchmark_finish error 'cancelled'; a queued one is dropped with the same finish "
             "when it arrives.", workload,
         ),
@@ -204,7 +237,11 @@ def asyncapi_document() -> dict[str, Any]:
             f"{NODE_STATUS_BINDING} for the whole fleet.", node_id, parameter="nodeId",
         ),
     }  # fmt: skip
-    operations = {
+
+
+def _operations() -> dict[str, Any]:
+    """What the worker does on each channel."""
+    return {
         "receiveRequest": _operation("receive", "requests", "benchmarkRequest",
                                      "The worker takes one request at a time and acks it after "
                                      "its benchmark_finish is confirmed."),
@@ -221,8 +258,12 @@ def asyncapi_document() -> dict[str, Any]:
         "sendNodeStatus": _operation("send", "nodeStatus", "nodeStatus",
                                      "Published at start, periodically and at stop."),
     }  # fmt: skip
+
+
+def _component_messages(messages: list[_Message]) -> dict[str, Any]:
+    """Each message's name, title and payload schema; a dead letter's is any body."""
     component_messages: dict[str, Any] = {
-        key: _component_message(message) for key, message in by_key.items()
+        message.key: _component_message(message) for message in messages
     }
     component_messages["deadLetter"] = {
         "name": "deadLetter",
@@ -230,32 +271,7 @@ def asyncapi_document() -> dict[str, Any]:
         "summary": "Whatever body was rejected: possibly not JSON at all.",
         "payload": {},
     }
-    return {
-        "asyncapi": "3.0.0",
-        "info": {
-            "title": "Benchmark worker",
-            "version": __version__,
-            "description": (
-                "A RabbitMQ worker that benchmarks TensorFlow models, compatible with Intel "
-                "Neural Compressor's 'Execute benchmark' contract. Described from the worker's "
-                "side: publishers send what it receives, subscribers receive what it sends. "
-                "Names are the defaults; operators may rename them. Generated from the "
-                "contracts package by `benchmark-worker schema`."
-            ),
-        },
-        "defaultContentType": "application/json",
-        "servers": {
-            "rabbitmq": {
-                "host": "localhost:5672",
-                "protocol": "amqp",
-                "protocolVersion": "0.9.1",
-                "description": "Any RabbitMQ 3.8+ (quorum queues); the worker's broker.url.",
-            }
-        },
-        "channels": channels,
-        "operations": operations,
-        "components": {"schemas": definitions["$defs"], "messages": component_messages},
-    }
+    return component_messages
 
 
 def _exchange(name: str) -> dict[str, Any]:
