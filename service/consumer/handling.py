@@ -68,7 +68,7 @@ class RequestHandler:
         publisher: Publisher,
         benchmark: Benchmark,
         on_rejected: Callable[[bool], None] = lambda from_lane: None,
-        on_accepted: Callable[[], None] = lambda: None,
+        on_accepted: Callable[[bytes], None] = lambda body: None,
     ) -> None:
         self._settings = settings
         self._fleet = fleet
@@ -100,7 +100,7 @@ class RequestHandler:
             reason = _consumer_timeout_rejection(request.id, doomed)
             await self._reject(message, reason)  # the error finish, counted as rejected
             return outcomes.given_up(reason)
-        self._on_accepted()
+        self._on_accepted(message.body)
         self.running += 1
         try:
             return await self._run(message, request, started)

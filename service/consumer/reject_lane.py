@@ -10,14 +10,18 @@ prefetch on a channel of its own. A valid request that reaches the lane closes i
 RabbitMQ 4.3 that nack counts as a delivery attempt): the lane never runs a request.
 
 A quorum queue redelivers what was returned before anything else, so the handed-back request
-is next in line for a prefetch-1 consumer. Until one takes a valid request (normally that one)
-the lane stays shut, at most ``hand_back_shut_s``: otherwise the main consumer's next rejections
-could reopen it first, and the lane would hand the same request back again, and again.
+is next in line for a prefetch-1 consumer. Until the main consumer has taken every request the
+lane handed back (each known by its body's digest), the lane stays shut, at most
+``hand_back_shut_s`` for each (another worker may take it): otherwise the main consumer's next
+rejections could reopen it first, and the lane would hand the same request back again. A
+different valid request the main consumer takes in between (a quick one that fails at once)
+does not reopen it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import Awaitable, Callable
 
@@ -46,7 +50,7 @@ class RejectLane:
         self._open_after = open_after
         self._quiet_s = quiet_s
         self._hand_back_shut_s = hand_back_shut_s
-        self._shut_until_s = 0.0  # after a hand-back, until a valid request is taken
+        self._handed_back: dict[str, float] = {}  # body digest -> shut until (monotonic s)
         self._rejects_in_a_row = 0
         self._tag: str | None = None
         self._last_delivery_s = 0.0
@@ -64,18 +68,19 @@ class RejectLane:
         if self._may_open():
             self._spawn(self._open())
 
-    def accepted(self) -> None:
-        """The main consumer took a valid request: the flood is over, close the lane."""
+    def accepted(self, body: bytes) -> None:
+        """The main consumer took the valid request ``body``: the flood is over, close the
+        lane; if the lane handed this request back, it no longer keeps the lane shut."""
         self._rejects_in_a_row = 0
-        self._shut_until_s = 0.0
+        self._handed_back.pop(body_digest(body), None)
         if self.is_open:
             self._spawn(self.close("valid request"))
 
-    async def hand_back(self) -> None:
-        """A valid request reached the lane: close it, and keep it shut until the main consumer
-        takes a valid request (or ``hand_back_shut_s`` passed: another worker took it). Call
-        before the request is nacked, so it cannot come back to this lane."""
-        self._shut_until_s = time.monotonic() + self._hand_back_shut_s
+    async def hand_back(self, body: bytes) -> None:
+        """The valid request ``body`` reached the lane: close it, and keep it shut until the
+        main consumer takes that request (or ``hand_back_shut_s`` passed: another worker took
+        it). Call before the request is nacked, so it cannot come back to this lane."""
+        self._handed_back[body_digest(body)] = time.monotonic() + self._hand_back_shut_s
         await self.close("valid request")
 
     async def close(self, reason: str, *, for_good: bool = False) -> None:
@@ -106,11 +111,15 @@ class RejectLane:
         self._spawn(self._close_when_quiet())
 
     def _may_open(self) -> bool:
+        now = time.monotonic()
+        for digest, shut_until_s in list(self._handed_back.items()):
+            if now >= shut_until_s:  # taken elsewhere
+                del self._handed_back[digest]
         return (
             not self.is_open
             and not self._closed_for_good
             and self._rejects_in_a_row >= self._open_after
-            and time.monotonic() >= self._shut_until_s
+            and not self._handed_back
         )
 
     async def _deliver(self, message: AbstractIncomingMessage) -> None:
@@ -128,3 +137,8 @@ class RejectLane:
         task = asyncio.ensure_future(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def body_digest(body: bytes) -> str:
+    """What the lane knows a handed-back request by: its body, unchanged by a requeue."""
+    return hashlib.sha256(body).hexdigest()

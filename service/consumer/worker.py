@@ -172,7 +172,7 @@ class Worker:
         ):  # all of it: the lane runs nothing
             outcome = await self._handler().handle_on_lane(message)
             if outcome is outcomes.HANDED_BACK and self._lane is not None:
-                await self._lane.hand_back()  # shut until a valid request is taken
+                await self._lane.hand_back(message.body)  # shut until the main consumer has it
             await outcomes.apply(message, outcome, self._dead_letters)
 
     def _count_rejection(self, from_lane: bool) -> None:
@@ -182,9 +182,9 @@ class Worker:
         if self._lane is not None and not from_lane and idle:
             self._lane.rejected()
 
-    def _close_lane(self) -> None:
+    def _close_lane(self, body: bytes) -> None:
         if self._lane is not None:
-            self._lane.accepted()
+            self._lane.accepted(body)
 
     async def _drain(self) -> None:
         """Let the current request finish within the grace period, else hand it back."""

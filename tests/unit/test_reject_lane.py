@@ -40,6 +40,10 @@ def _lane(queue: FakeQueue, hand_back_shut_s: float = 30.0) -> RejectLane:
     )
 
 
+REQUEST_A = b'{"id": "a"}'
+REQUEST_Q = b'{"id": "q"}'
+
+
 async def _settle() -> None:
     for _ in range(5):
         await asyncio.sleep(0)
@@ -55,27 +59,29 @@ async def test_the_lane_opens_after_rejections_in_a_row_and_closes_on_a_valid_re
     lane.rejected()
     await _settle()
     assert lane.is_open and len(queue.consumers) == 1
-    lane.accepted()
+    lane.accepted(REQUEST_A)
     await _settle()
     assert not lane.is_open and queue.consumers == []
 
 
-async def test_after_a_hand_back_rejections_do_not_reopen_the_lane_until_a_valid_request_is_taken(
+async def test_after_a_hand_back_rejections_do_not_reopen_the_lane_until_that_request_is_taken(
 ) -> None:  # fmt: skip
-    """The loop the flood test once caught: the lane handed a request back, the main consumer's
-    next rejections reopened the lane before the request reached it, and the lane got it again."""
+    """The loop the flood test caught: the lane handed a request back, and the main consumer's
+    next rejections reopened the lane before the request reached it: the lane got it again.
+    A different valid request taken in between (one that fails at once) must not reopen it."""
     queue = FakeQueue()
     lane = _lane(queue)
     for _ in range(3):
         lane.rejected()
     await _settle()
     assert lane.is_open
-    await lane.hand_back()
+    await lane.hand_back(REQUEST_A)
+    lane.accepted(REQUEST_Q)  # another request, taken by the main consumer meanwhile
     for _ in range(10):
         lane.rejected()
     await _settle()
     assert not lane.is_open and queue.opened == 1
-    lane.accepted()  # the main consumer took the handed-back request
+    lane.accepted(REQUEST_A)  # the main consumer took the handed-back request
     for _ in range(3):
         lane.rejected()
     await _settle()
@@ -88,7 +94,7 @@ async def test_an_open_already_waiting_when_the_request_is_handed_back_does_not_
     for _ in range(3):
         lane.rejected()
     await _settle()
-    closing = asyncio.ensure_future(lane.hand_back())
+    closing = asyncio.ensure_future(lane.hand_back(REQUEST_A))
     await asyncio.sleep(0)  # the close holds the lane's lock...
     for _ in range(3):
         lane.rejected()  # ...while these ask for an open that waits on it
@@ -104,7 +110,7 @@ async def test_the_hand_back_shut_ends_after_its_bound_when_another_worker_took_
     for _ in range(3):
         lane.rejected()
     await _settle()
-    await lane.hand_back()
+    await lane.hand_back(REQUEST_A)
     await asyncio.sleep(0.1)
     for _ in range(3):
         lane.rejected()
