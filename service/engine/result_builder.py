@@ -6,11 +6,14 @@ everything else, the same way every time: the seed's headline fields (``perf_thr
 ``perf_latency_*``, ``acc_*``), the sign-off's ``fingerprint`` and ``verdict``, the comparison
 of the two models (``speedup``, its interval, ``accuracy_delta``: computed once, when the main
 steps are done) and the ``sweep`` table. :meth:`ResultBuilder.data` validates it all as
-:class:`~contracts.events.ResultData`, so no half-typed result leaves the engine.
+:class:`~contracts.events.ResultData`, so no half-typed result leaves the engine. The speedup's
+interval is a bootstrap over every call's timing: it runs in a thread, so the worker's event
+loop never waits on it.
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,32 +50,34 @@ class ResultBuilder:
         self.steps_done += 1
         return self.data()
 
-    def comparison(self) -> dict[str, Any]:
+    async def compare(self) -> dict[str, Any]:
         """Optimized against input at the main point (:meth:`SignOff.comparison`), computed
-        once: the request's own steps must all be done."""
+        once, when the request's own steps are all done."""
         if self._comparison is None:
-            self._comparison = self.signoff.comparison(self.headline)
+            self._comparison = await asyncio.to_thread(self.signoff.comparison, self.headline)
         return self._comparison
 
     def start_sweep(self, points: list[SweepPoint], roles: list[ModelRole]) -> SweepTable:
         """The sweep's table, its main row being the request's own steps (so a 1-point sweep
-        has its table too)."""
+        has its table too); :meth:`compare` comes first."""
+        assert self._comparison is not None, "compare comes first"
         table = SweepTable(points, roles)
         main = points[0]
         for role in roles:
             table.add(main, role, self.execution_details[step_key(role)]["performance"])
-        table.set_speedup(main, {key: value for key, value in self.comparison().items()
+        table.set_speedup(main, {key: value for key, value in self._comparison.items()
                                  if key.startswith("speedup")})  # fmt: skip
         self.sweep = table
         return table
 
-    def sweep_run_done(self, point: SweepPoint) -> ResultData:
+    async def sweep_run_done(self, point: SweepPoint) -> ResultData:
         """One (point, model) run of the sweep is done (its row is in the table): the point's
         speedup once both models have a row; returns the progress event's data."""
         assert self.sweep is not None, "start_sweep comes first"
         models = self.sweep.figures.get(point.key(), {})
         if set(models) == {"input_model", "optimized_model"}:
-            self.sweep.set_speedup(point, self.signoff.speedup(
+            self.sweep.set_speedup(point, await asyncio.to_thread(
+                self.signoff.speedup,
                 models["input_model"].get("throughput_samples_per_s"),
                 models["optimized_model"].get("throughput_samples_per_s"),
                 point, point.batch_size,

@@ -150,7 +150,8 @@ def prepare(
         raise StepFailed(
             "prepare", f"cannot write the workload directory {stable}: {exc.strerror}"
         ) from None
-    limits = runner_limits(settings.worker, max(len(i.cpus) for i in plan.instances))
+    widest = max(len(i.cpus) for each in (plan, *layouts.values()) for i in each.instances)
+    limits = runner_limits(settings.worker, widest)  # a CPU-time limit every layout fits
     return Workload(
         request, run_id, directory, directory / "config.yaml", plan, config, topology,
         onednn=decision, limits=limits, dataset_source=choice.source, layouts=layouts,
@@ -297,7 +298,7 @@ async def _run_steps(
         except OSError as exc:  # disk full, workspace gone: the step's files cannot be written
             raise _cannot_write(tracker.current, exc, workload.directory) from None
         await emit(ProgressEvent(data=result.step_done(role, mode, details)))
-    result.comparison()  # speedup, its interval, accuracy delta
+    await result.compare()  # speedup, its interval, accuracy delta
     if points:
         await _run_sweep(workload, result, points, measured, sweep_runs, emit, tracker)
     finish = FinishEvent(status="success", data=result.data())
@@ -341,7 +342,7 @@ async def _run_sweep(
             table.failed(point, role, exc.message)
         except OSError as exc:  # disk full, workspace gone: no point can be written
             raise _cannot_write(tracker.current, exc, workload.directory) from None
-        await emit(ProgressEvent(data=result.sweep_run_done(point)))
+        await emit(ProgressEvent(data=await result.sweep_run_done(point)))
 
 
 def _point_workload(workload: Workload, point: SweepPoint) -> Workload:

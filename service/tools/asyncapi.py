@@ -225,7 +225,7 @@ def _channels() -> dict[str, Any]:
         ),
         "workloadCancel": _event_channel(
             "benchmark.{workloadId}.cancel", "benchmarkCancel", _exchange(CONTROL_EXCHANGE),
-            f"Control messages. Every worker binds its own exclusive queue to "
+            f"Control messages. Every worker binds its own queue to "
             f"{CANCEL_BINDING} (it outlives a reconnect: x-expires, deleted at a clean stop); "
             "the worker running the workload kills it and ends it with a "
             "benchmark_finish error 'cancelled'; a queued one is dropped with the same finish "

@@ -84,6 +84,14 @@ def test_scenarios_other_than_offline_refuse_sweeps_and_several_instances() -> N
         _request(scenario={"name": "server"})
 
 
+def test_a_server_percentile_loadgen_could_never_back_is_refused_at_intake() -> None:
+    """p99.999 would need 460,000 queries a run (early stopping): refused with the bound."""
+    _request(scenario={"name": "server", "target_latency_ms": 10, "target_percentile": 99.99})
+    with pytest.raises(ValidationError, match=r"target_percentile\n  Input should be less "
+                       r"than or equal to 99\.99"):  # fmt: skip
+        _request(scenario={"name": "server", "target_latency_ms": 10, "target_percentile": 99.999})
+
+
 def test_the_best_points_agree_with_the_table() -> None:
     table = SweepTable(
         [SweepPoint(1, 1, 2, main=True), SweepPoint(8, 1, 2), SweepPoint(8, 2, 1)],
