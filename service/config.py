@@ -196,6 +196,13 @@ class RunnersSettings(_Section):
     idle_s: float = Field(
         default=600.0, gt=0, description="A warm runner idle this long is stopped."
     )
+    max_idle_mb: int | None = Field(
+        default=None,
+        ge=0,
+        description="Resident memory all idle warm runners may keep together (MiB); past it "
+        "the least recently used are stopped (a sweep over many layouts leaves one runner per "
+        "CPU set). None: a quarter of the machine's memory.",
+    )
     start_timeout_s: float = Field(
         default=120.0, gt=0, description="Time for a new runner to import TensorFlow."
     )

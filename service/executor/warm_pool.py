@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
 import structlog
 
 from service.config import RunnersSettings
@@ -138,6 +139,10 @@ class WarmPool:
         self._busy: set[WarmRunner] = set()
         self._reaper: asyncio.Task[None] | None = None
         self.started = 0  # runner processes started since the pool was made
+        idle_mb = settings.max_idle_mb
+        self.idle_budget_bytes = (
+            psutil.virtual_memory().total // 4 if idle_mb is None else idle_mb * 2**20
+        )
 
     def runners(self) -> list[WarmRunner]:
         return [*self._idle.values(), *self._busy]
@@ -200,6 +205,22 @@ class WarmPool:
         if old is not None:  # two of one key (cannot happen with one step at a time)
             old.kill()
         self._idle[runner.key] = runner
+        self._trim_idle(keep=runner)
+
+    def _trim_idle(self, keep: WarmRunner) -> None:
+        """Stop the least recently used idle runners while all idle ones together hold more
+        than ``runners.max_idle_mb`` (``keep``, the one just released, stays)."""
+        held = sum(r.rss_bytes for r in self._idle.values())
+        for runner in sorted(self._idle.values(), key=lambda r: r.last_used_s):
+            if held <= self.idle_budget_bytes:
+                return
+            if runner is keep:
+                continue
+            del self._idle[runner.key]
+            held -= runner.rss_bytes
+            log.info("warm_runner_stopped", pid=runner.pid, reason="idle_memory",
+                     idle_rss_bytes=held, budget_bytes=self.idle_budget_bytes)  # fmt: skip
+            runner.kill()
 
     async def close(self) -> None:
         if self._reaper is not None:
