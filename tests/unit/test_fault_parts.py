@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import aiormq
+import psutil
 import pytest
 
 from contracts import FinishEvent, ResultData, error_finish
@@ -108,22 +109,18 @@ async def test_a_killed_runner_whose_pipes_stay_open_does_not_block_for_ever() -
         stdout=asyncio.subprocess.PIPE, start_new_session=True,
     )  # fmt: skip
     await asyncio.sleep(0.3)
+    holders = psutil.Process(process.pid).children(recursive=True)  # the grandchild's sleep
+    assert holders, "the grandchild that holds the pipe did not start"
     process.kill()
     started = time.monotonic()
     stuck = await reap([process], timeout_s=1.0)
     assert stuck == [process.pid]
     assert time.monotonic() - started < 5
-    _kill_sessions_of(process.pid)
-    await asyncio.wait_for(process.wait(), 10)  # the pipe closed: now it is reaped
-
-
-def _kill_sessions_of(pid: int) -> None:
-    """The sleeps left by the test: the runner's, and the grandchild's in its own session."""
-    import psutil
-
-    for candidate in psutil.process_iter(["ppid", "cmdline"]):
-        if candidate.info["ppid"] in (pid, 1) and candidate.info["cmdline"] == ["sleep", "60"]:
-            candidate.kill()
+    for holder in holders:  # found before the kill: an orphan's new parent may be anybody
+        holder.kill()
+    assert process.stdout is not None
+    await asyncio.wait_for(process.stdout.read(), 10)  # the pipe closed...
+    await asyncio.wait_for(process.wait(), 10)  # ...and the transport with it: nothing leaks
 
 
 async def test_runners_that_end_are_reaped_at_once() -> None:
