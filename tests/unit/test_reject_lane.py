@@ -49,15 +49,19 @@ async def _settle() -> None:
         await asyncio.sleep(0)
 
 
+async def _rejections(lane: RejectLane, count: int) -> None:
+    """``count`` bodies rejected in a row by the main consumer, then what they spawned ran."""
+    for _ in range(count):
+        lane.rejected()
+    await _settle()
+
+
 async def test_the_lane_opens_after_rejections_in_a_row_and_closes_on_a_valid_request() -> None:
     queue = FakeQueue()
     lane = _lane(queue)
-    for _ in range(2):
-        lane.rejected()
-    await _settle()
+    await _rejections(lane, 2)
     assert not lane.is_open
-    lane.rejected()
-    await _settle()
+    await _rejections(lane, 1)
     assert lane.is_open and len(queue.consumers) == 1
     lane.accepted(REQUEST_A)
     await _settle()
@@ -71,29 +75,21 @@ async def test_after_a_hand_back_rejections_do_not_reopen_the_lane_until_that_re
     A different valid request taken in between (one that fails at once) must not reopen it."""
     queue = FakeQueue()
     lane = _lane(queue)
-    for _ in range(3):
-        lane.rejected()
-    await _settle()
+    await _rejections(lane, 3)
     assert lane.is_open
     await lane.hand_back(REQUEST_A)
     lane.accepted(REQUEST_Q)  # another request, taken by the main consumer meanwhile
-    for _ in range(10):
-        lane.rejected()
-    await _settle()
+    await _rejections(lane, 10)
     assert not lane.is_open and queue.opened == 1
     lane.accepted(REQUEST_A)  # the main consumer took the handed-back request
-    for _ in range(3):
-        lane.rejected()
-    await _settle()
+    await _rejections(lane, 3)
     assert lane.is_open and queue.opened == 2
 
 
 async def test_an_open_already_waiting_when_the_request_is_handed_back_does_not_reopen() -> None:
     queue = FakeQueue()
     lane = _lane(queue)
-    for _ in range(3):
-        lane.rejected()
-    await _settle()
+    await _rejections(lane, 3)
     closing = asyncio.ensure_future(lane.hand_back(REQUEST_A))
     await asyncio.sleep(0)  # the close holds the lane's lock...
     for _ in range(3):
@@ -107,12 +103,8 @@ async def test_the_hand_back_shut_ends_after_its_bound_when_another_worker_took_
 ) -> None:  # fmt: skip
     queue = FakeQueue()
     lane = _lane(queue, hand_back_shut_s=0.05)
-    for _ in range(3):
-        lane.rejected()
-    await _settle()
+    await _rejections(lane, 3)
     await lane.hand_back(REQUEST_A)
     await asyncio.sleep(0.1)
-    for _ in range(3):
-        lane.rejected()
-    await _settle()
+    await _rejections(lane, 3)
     assert lane.is_open and queue.opened == 2
